@@ -1,0 +1,120 @@
+"""Benchmark: SCoTER-T / SCoTER-H against their own backbones on Beauty, with H present and with H removed at
+test time (cold start / store miss). Targets: +10% relative Recall@10 and NDCG@10 over the backbone with H;
+no worse than -2% with H absent.
+
+Each backbone run trains (or resumes) the plain backbone and the fused model with the same loop and budget under
+artifacts/<dataset>/bench/<tag>/scoter-<bb>/ and writes benchmarks/results/<dataset>_scoter_<tag>.json.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/beauty_scoter.py --backbones hstu --max-users 2000 \
+        --epochs 10 [--reasoning artifacts/beauty/reasoning] [--tag small]
+
+Without --reasoning the H is the history_text development stand-in (training-only signal), and the JSON says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from offline.backbones.config import TrainConfig
+from offline.evaluation import MACHINE, git_commit
+from offline.scoter_train import ScoterRunConfig, run_scoter
+from scoter.paths import REPO_ROOT, artifacts_root
+
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+
+
+def add_args(ap: argparse.ArgumentParser) -> None:
+    """Options shared by the SCoTER benchmarks (data size, budget, reasoning source, device)."""
+    ap.add_argument("--dataset", default="beauty")
+    ap.add_argument("--max-users", type=int, default=None, help="first N users only (CPU-sized runs)")
+    ap.add_argument("--codes", type=Path, default=None, help="semantic IDs .npz (default: artifacts/<ds>/...)")
+    ap.add_argument("--reasoning", type=Path, default=None, help="H folder; omitted = history_text stand-in")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--patience", type=int, default=None)
+    ap.add_argument("--eval-users", type=int, default=None)
+    ap.add_argument("--time-budget", type=float, default=None, help="seconds per training run")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model-config", default=None, help="JSON backbone overrides (applied to every backbone)")
+    ap.add_argument("--fusion-config", default=None, help="JSON FusionConfig overrides")
+    ap.add_argument("--init-from-baseline", action="store_true")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--tag", default="default", help="names the run folder and the results file")
+
+
+def run_config(args: argparse.Namespace, backbone: str, out: Path, **updates: Any) -> ScoterRunConfig:
+    train: dict[str, Any] = {"num_threads": args.threads}
+    for key in ("epochs", "batch_size", "lr", "patience", "eval_users"):
+        if getattr(args, key) is not None:
+            train[key] = getattr(args, key)
+    if args.time_budget is not None:
+        train["time_budget_s"] = args.time_budget
+    cfg = ScoterRunConfig(
+        backbone=backbone, dataset=args.dataset, max_users=args.max_users, codes_path=args.codes,
+        reasoning_dir=args.reasoning, train=TrainConfig.for_backbone(backbone, **train),
+        backbone_config=json.loads(args.model_config) if args.model_config else None,
+        fusion=json.loads(args.fusion_config) if args.fusion_config else {},
+        out_dir=out, init_from_baseline=args.init_from_baseline, device=args.device,
+    )
+    return cfg.model_copy(update=updates)
+
+
+def provenance(args: argparse.Namespace, started: float) -> dict[str, Any]:
+    device = "cpu"
+    if args.device != "cpu" and torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    return {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "machine": MACHINE if device == "cpu" else device,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
+            "elapsed_s": round(time.perf_counter() - started, 1), "torch_threads": torch.get_num_threads()}
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def targets(doc: dict[str, Any]) -> dict[str, bool]:
+    """The issue's acceptance targets on the test split."""
+    g, a = doc.get("gain_h_present", {}), doc.get("gain_h_absent", {})
+    return {"recall@10_gain_ge_10pct": g.get("recall@10", -1) >= 0.10,
+            "ndcg@10_gain_ge_10pct": g.get("ndcg@10", -1) >= 0.10,
+            "h_absent_recall@10_ge_-2pct": a.get("recall@10", -1) >= -0.02,
+            "h_absent_ndcg@10_ge_-2pct": a.get("ndcg@10", -1) >= -0.02}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(ap)
+    ap.add_argument("--backbones", default="tiger,hstu", help="comma-separated: tiger,hstu")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    root = artifacts_root() / args.dataset / "bench" / args.tag
+    out_path = RESULTS / f"{args.dataset}_scoter_{args.tag}.json"
+    doc: dict[str, Any] = {"runs": {}}
+    for bb in args.backbones.split(","):
+        res = run_scoter(run_config(args, bb, root / f"scoter-{bb}"))
+        keep = ("backbone_test", "scoter_test", "scoter_test_h_absent", "gain_h_present", "gain_h_absent",
+                "reasoning_source", "epochs_trained")
+        doc["runs"][f"scoter-{bb[0].upper()}"] = {**{k: res.get(k) for k in keep}, "targets": targets(res)}
+        doc.update(provenance(args, started))
+        write_json(out_path, doc)  # after each backbone, so a later failure keeps the finished one
+    print(json.dumps(doc, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

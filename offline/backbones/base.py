@@ -1,0 +1,128 @@
+"""What TIGER and HSTU share: the code table, the fusion hook, teacher-forced loss and the decoder interface
+used by the constrained beam search (docs/CONTRACTS.md, offline/backbones)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from offline.backbones.layers import CodeDecoder
+
+
+def check_codes(codes: np.ndarray | torch.Tensor, codebook_sizes: list[int]) -> torch.Tensor:
+    """Validate a SemanticIds code table [n_items+1, L] (row 0 = pad) and return it as int64."""
+    codes_t = torch.as_tensor(np.asarray(codes), dtype=torch.long)
+    if codes_t.dim() != 2 or codes_t.shape[0] < 2:
+        raise ValueError(f"codes: expected [n_items + 1, L], got {list(codes_t.shape)}")
+    if codes_t.shape[1] != len(codebook_sizes):
+        raise ValueError(f"codebook_sizes: {len(codebook_sizes)} sizes for code length {codes_t.shape[1]}")
+    sizes = torch.tensor(codebook_sizes)
+    body = codes_t[1:]
+    if bool((body < 0).any()) or bool((body >= sizes).any()):
+        raise ValueError("codes: a code is negative or not below its position's codebook size")
+    return codes_t
+
+
+class GenerativeBackbone(nn.Module):
+    """Encoder (subclass) + fusion hook + semantic-ID decoder. Item ids are 1-based, 0 = padding."""
+
+    decoder: CodeDecoder
+
+    def __init__(self, codes: np.ndarray | torch.Tensor, codebook_sizes: list[int]) -> None:
+        super().__init__()
+        self.register_buffer("codes", check_codes(codes, codebook_sizes), persistent=True)
+        self.codebook_sizes = list(codebook_sizes)
+        self.fusion: nn.Module | None = None
+
+    @property
+    def n_items(self) -> int:
+        return int(self.codes.shape[0]) - 1
+
+    @property
+    def code_length(self) -> int:
+        return len(self.codebook_sizes)
+
+    def encode(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """history [B,T] item ids (left-padded with 0) -> (h_seq [B,T',d], mask [B,T'] True at real tokens)."""
+        raise NotImplementedError
+
+    def item_embedding(self, items: torch.Tensor) -> torch.Tensor:
+        """A d_item-wide vector per item, the InfoNCE target of the fusion module."""
+        raise NotImplementedError
+
+    def memory(
+        self,
+        history: torch.Tensor,
+        reasoning: torch.Tensor | None = None,
+        present: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder output after the optional fusion hook; the mask always keeps the newest slot so a user with
+        an empty history still attends to something (no NaN from an all-masked softmax)."""
+        h_seq, mask = self.encode(history)
+        if self.fusion is not None and reasoning is not None:
+            if present is None:
+                present = torch.ones(h_seq.shape[0], dtype=torch.bool, device=h_seq.device)
+            h_seq = self.fusion(h_seq, mask, reasoning, present)
+        last = torch.zeros_like(mask)
+        last[:, -1] = True
+        return h_seq, mask | last
+
+    def decode_logits(self, mem: torch.Tensor, mask: torch.Tensor, target_codes: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher forcing: logits per code position, each [B, V_l]."""
+        return self.decoder(mem, mask, target_codes)
+
+    def sequence_log_prob(
+        self,
+        history: torch.Tensor,
+        items: torch.Tensor,
+        reasoning: torch.Tensor | None = None,
+        present: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Log-likelihood of each candidate item's full code tuple: history [B,T], items [B,C] -> [B,C].
+        Exhaustive scoring; the reference the beam search is tested against."""
+        mem, mask = self.memory(history, reasoning, present)
+        B, C = items.shape
+        mem = mem.repeat_interleave(C, dim=0)
+        mask = mask.repeat_interleave(C, dim=0)
+        codes = self.codes[items.reshape(-1)]
+        logits = self.decode_logits(mem, mask, codes)
+        total = torch.zeros(B * C, device=mem.device)
+        for pos, lg in enumerate(logits):
+            total = total + torch.log_softmax(lg.float(), -1).gather(1, codes[:, pos : pos + 1]).squeeze(1)
+        return total.view(B, C)
+
+    def loss(
+        self,
+        history: torch.Tensor,
+        targets: torch.Tensor,
+        reasoning: torch.Tensor | None = None,
+        present: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Teacher-forced cross-entropy over the target's code tuple, plus the fusion module's weighted
+        contrastive loss when a fusion module with ``contrastive_loss`` is attached and H is given."""
+        mem, mask = self.memory(history, reasoning, present)
+        codes = self.codes[targets]
+        logits = self.decode_logits(mem, mask, codes)
+        ce = sum(F.cross_entropy(lg.float(), codes[:, pos]) for pos, lg in enumerate(logits)) / len(logits)
+        parts = {"ce": float(ce.detach())}
+        total = ce
+        aux = self.aux_loss(targets, reasoning, present)
+        if aux is not None:
+            parts["aux"] = float(aux.detach())
+            total = total + aux
+        return total, parts
+
+    def aux_loss(
+        self, targets: torch.Tensor, reasoning: torch.Tensor | None, present: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """lambda * InfoNCE(last reasoning step, target item) from the fusion module, if it defines one."""
+        if self.fusion is None or reasoning is None or not hasattr(self.fusion, "contrastive_loss"):
+            return None
+        if present is None:
+            present = torch.ones(targets.shape[0], dtype=torch.bool, device=targets.device)
+        weight = float(getattr(getattr(self.fusion, "config", None), "contrastive_weight", 0.1))
+        if weight == 0.0:
+            return None
+        return weight * self.fusion.contrastive_loss(reasoning, present, self.item_embedding(targets), targets)

@@ -1,0 +1,115 @@
+"""CLI: `scoter train scoter --backbone tiger|hstu` (backbone vs SCoTER, H present/absent) and `scoter ablate`
+(the paper's Table 4/10 switches). No torch at import time; heavy modules are imported inside the handlers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+_TRAIN_FLAGS: tuple[tuple[str, type], ...] = (
+    ("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float), ("warmup-steps", int),
+    ("patience", int), ("beam", int), ("eval-users", int), ("eval-every", int), ("eval-batch", int),
+    ("seed", int), ("threads", int), ("time-budget", float),
+)
+_RENAME = {"threads": "num_threads", "time-budget": "time_budget_s"}
+
+
+def run_config_from_args(args: argparse.Namespace, ablation: str = "full") -> Any:
+    from offline.backbones.config import TrainConfig
+    from offline.scoter_train import ScoterRunConfig
+
+    overrides: dict[str, Any] = {}
+    for flag, _ in _TRAIN_FLAGS:
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            overrides[_RENAME.get(flag, flag.replace("-", "_"))] = value
+    if args.max_users is not None:
+        overrides["max_users"] = args.max_users
+    try:
+        fusion = json.loads(args.fusion_config) if args.fusion_config else {}
+        model_cfg = json.loads(args.model_config) if args.model_config else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--fusion-config/--model-config: invalid JSON: {exc.msg}") from exc
+    if args.contrastive_weight is not None:
+        fusion["contrastive_weight"] = args.contrastive_weight
+    return ScoterRunConfig(
+        backbone=args.backbone, dataset=args.dataset, data_root=args.data_root, max_users=args.max_users,
+        codes_path=args.codes, reasoning_dir=args.reasoning, dev_steps=args.dev_steps,
+        backbone_config=model_cfg, fusion=fusion, ablation=ablation,
+        train=TrainConfig.for_backbone(args.backbone, **overrides), out_dir=args.out, baseline_dir=args.baseline,
+        init_from_baseline=args.init_from_baseline, device=args.device,
+    )
+
+
+def _train_scoter(args: argparse.Namespace) -> int:
+    from offline.scoter_train import run_scoter
+
+    doc = run_scoter(run_config_from_args(args, args.ablation), with_baseline=not args.no_baseline)
+    keys = ("backbone_test", "scoter_test", "scoter_test_h_absent", "gain_h_present", "gain_h_absent")
+    print(json.dumps({k: doc[k] for k in keys if k in doc}, indent=2))
+    return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from offline.scoter_train import run_ablations
+
+    names = args.only.split(",") if args.only else None
+    results = run_ablations(run_config_from_args(args), names)
+    print(json.dumps({n: r["scoter_test"] for n, r in results.items()}, indent=2))
+    return 0
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backbone", choices=["tiger", "hstu"], required=True)
+    p.add_argument("--dataset", default="beauty", help="benchmark folder under the data root")
+    p.add_argument("--data-root", type=Path, default=None, help="default: $SCOTER_DATA_DIR or ../shared/data")
+    p.add_argument("--codes", type=Path, default=None,
+                   help="semantic IDs .npz (default: artifacts/<dataset>/semantic_ids_rqvae.npz)")
+    p.add_argument("--reasoning", type=Path, default=None,
+                   help="folder with H_{train,valid,test}.npy from `scoter reason`; omitted = the history_text "
+                        "development stand-in (training-only signal, not the student's H)")
+    p.add_argument("--dev-steps", type=int, default=4, help="K of the history_text stand-in")
+    p.add_argument("--max-users", type=int, default=None, help="use only the first N users")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: artifacts/<dataset>/scoter-<bb>)")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="plain backbone run folder (default: <out>/baseline; trained if missing)")
+    p.add_argument("--init-from-baseline", action="store_true", help="warm-start from the baseline's best.pt")
+    p.add_argument("--model-config", default=None, help="JSON overrides of the backbone config")
+    p.add_argument("--fusion-config", default=None, help="JSON overrides of FusionConfig")
+    p.add_argument("--contrastive-weight", type=float, default=None, help="lambda (paper: 0.1)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
+    for flag, typ in _TRAIN_FLAGS:
+        p.add_argument(f"--{flag}", type=typ, default=None)
+
+
+# Kept in sync with offline.fusion.ABLATIONS (a test checks it); duplicated so `register` never imports torch.
+ABLATION_NAMES = ("full", "no_position", "no_contrastive", "no_position_no_contrastive", "single_vector", "mean",
+                  "last")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Register `train scoter` and `ablate`."""
+    train = _get_or_add(subparsers, "train", "train a model")
+    p = train.add_parser("scoter", help="train SCoTER (backbone + reasoning fusion) and compare with the backbone")
+    add_run_args(p)
+    p.add_argument("--ablation", choices=ABLATION_NAMES, default="full")
+    p.add_argument("--no-baseline", action="store_true", help="skip training/evaluating the plain backbone")
+    p.set_defaults(func=_train_scoter)
+
+    a = subparsers.add_parser("ablate", help="run the fusion ablations (paper Table 4/10), one run each")
+    add_run_args(a)
+    a.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(ABLATION_NAMES)}")
+    a.set_defaults(func=_ablate)
+
+
+def _get_or_add(subparsers: argparse._SubParsersAction, name: str, help_: str) -> argparse._SubParsersAction:
+    """`scoter train` is shared with other components: reuse its sub-parsers if registered, else create it."""
+    existing = subparsers.choices.get(name)
+    if existing is not None and getattr(existing, "_scoter_sub", None) is not None:
+        return existing._scoter_sub
+    parser = subparsers.add_parser(name, help=help_)
+    sub = parser.add_subparsers(dest=f"{name}_command", required=True)
+    parser._scoter_sub = sub  # type: ignore[attr-defined]
+    return sub

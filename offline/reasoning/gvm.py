@@ -1,0 +1,207 @@
+"""Generate-Validate-Mine (paper 3.2, Algorithm 1): sample reasoning paths, score them by Recall@20 against
+the validation target, cluster the paths, and abstract the best cluster into a template."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from offline.reasoning import corpus, prompts
+from offline.reasoning.config import GVMConfig, SamplingParams
+from offline.reasoning.io import write_json
+from offline.reasoning.llm import LLM
+from offline.reasoning.parsing import parse_best_path, parse_gvm_output
+
+log = logging.getLogger(__name__)
+Embed = Callable[[Sequence[str]], np.ndarray]
+
+
+def prune_near_duplicates(emb: np.ndarray, threshold: float = 0.85) -> list[int]:
+    """Greedy in input order: keep a path unless its cosine to an already kept path exceeds `threshold`."""
+    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    kept: list[int] = []
+    for i in range(len(unit)):
+        if not kept or float((unit[kept] @ unit[i]).max()) <= threshold:
+            kept.append(i)
+    return kept
+
+
+def map_to_items(rec_emb: np.ndarray, item_emb: np.ndarray) -> np.ndarray:
+    """Top-1 catalogue item (1-based index) per recommendation text by cosine."""
+    return (rec_emb @ item_emb.T).argmax(axis=1) + 1
+
+
+def recall_score(recs: Sequence[str], target: int, item_emb: np.ndarray, embed: Embed, k: int = 20) -> float:
+    """Recall@k of one chain: 1 if the target is among the unique items its first k recommendations map to."""
+    if not recs:
+        return 0.0
+    predicted = set(map_to_items(embed(list(recs)[:k]), item_emb).tolist())
+    return float(target in predicted)
+
+
+@dataclass
+class Mining:
+    labels: np.ndarray
+    k: int
+    silhouettes: dict[int, float]
+    clusters: list[dict[str, Any]]
+    best: int
+
+
+def mine(path_emb: np.ndarray, scores: np.ndarray, k_candidates: Sequence[int] = (2, 3, 4, 5, 6, 7, 8),
+         seed: int = 0) -> Mining:
+    """K-Means over path embeddings, k by silhouette; Quality = mean score; best = highest quality
+    (ties: larger cluster, then lower id)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    n = len(path_emb)
+    sil: dict[int, float] = {}
+    best_k, labels = 1, np.zeros(n, int)
+    n_distinct = len(np.unique(np.round(path_emb, 6), axis=0))
+    for k in k_candidates:
+        if not 2 <= k < min(n, n_distinct + 1):
+            continue
+        lab = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(path_emb)
+        if len(set(lab.tolist())) < 2:
+            continue
+        sil[k] = float(silhouette_score(path_emb, lab, metric="cosine"))
+        if best_k == 1 or sil[k] > sil[best_k]:
+            best_k, labels = k, lab
+    clusters = []
+    for c in range(best_k):
+        m = labels == c
+        clusters.append({"id": c, "size": int(m.sum()), "quality": float(scores[m].mean()) if m.any() else 0.0})
+    order = sorted(clusters, key=lambda c: (-c["quality"], -c["size"], c["id"]))
+    for rank, c in enumerate(order, 1):
+        c["rank"] = rank
+    return Mining(labels=labels, k=best_k, silhouettes=sil, clusters=clusters, best=order[0]["id"])
+
+
+def exemplars(path_emb: np.ndarray, labels: np.ndarray, cluster: int, n: int = 10) -> list[int]:
+    """Indices of the n members of `cluster` with the highest cosine to its centroid."""
+    idx = np.flatnonzero(labels == cluster)
+    unit = path_emb[idx] / np.maximum(np.linalg.norm(path_emb[idx], axis=1, keepdims=True), 1e-12)
+    centroid = unit.mean(axis=0)
+    sims = unit @ (centroid / max(np.linalg.norm(centroid), 1e-12))
+    return idx[np.argsort(-sims, kind="stable")[:n]].tolist()
+
+
+def abstract_template(llm: LLM, paths: Sequence[str], mining: Mining, cfg: GVMConfig,
+                      fallback: list[str]) -> dict[str, Any]:
+    """Figure-10 prompt -> 'Best Path'; falls back to the centroid-nearest path when the answer is unusable."""
+    best = next(c for c in mining.clusters if c["id"] == mining.best)
+    chat = prompts.mine_chat(paths, cluster_id=best["id"], rank=best["rank"], n_clusters=mining.k,
+                             recall=best["quality"], k=cfg.recall_k)
+    raw = llm.generate([chat], SamplingParams(temperature=0.0, top_p=1.0, max_tokens=cfg.template_max_tokens,
+                                              seed=cfg.seed))[0]
+    steps = parse_best_path(raw, min_steps=cfg.min_steps, max_steps=cfg.max_steps)
+    if steps is None:
+        return {"steps": fallback, "source": "centroid_path_fallback", "llm_output": raw}
+    return {"steps": steps, "source": "llm_best_path", "llm_output": raw}
+
+
+def run_gvm(cfg: GVMConfig, llm: LLM, dataset: Any, out_dir: Path, *, embed: Embed | None = None,
+            item_emb: np.ndarray | None = None) -> dict[str, Any]:
+    """The whole pipeline; writes chains.json, clusters.json, template.json and report.json into out_dir."""
+    from offline.reasoning.encode import embed as default_embed
+    from offline.reasoning.encode import item_embeddings
+
+    embed = embed or default_embed
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    users = corpus.sample_users(dataset, cfg.users, cfg.seed)
+    chats, meta = [], []
+    for u in users:
+        seq = dataset.sequences[u]
+        hist = corpus.history(seq, "valid")  # seq[:-2]; scored against the validation target seq[-2]
+        for s in range(cfg.samples_per_user):
+            chats.append(prompts.generate_chat(corpus.texts(dataset, hist), max_items=cfg.history_items,
+                                               n_recs=cfg.recall_k))
+            meta.append({"user": dataset.user_ids[u], "row": u, "sample": s, "target": int(seq[-2])})
+    outputs: list[str] = []
+    for s in range(cfg.samples_per_user):  # one seed per sample round so samples differ yet stay cacheable
+        idx = [i for i, m in enumerate(meta) if m["sample"] == s]
+        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                                seed=cfg.seed + s)
+        texts = llm.generate([chats[i] for i in idx], params)
+        outputs.extend(texts)
+    times["generate_s"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    parsed = [parse_gvm_output(o, min_steps=cfg.min_steps) for o in outputs]
+    errors = Counter(p.error for p in parsed if p.error)
+    ok = [i for i, p in enumerate(parsed) if p.error is None]
+    chains = [{**meta[i], "raw": outputs[i], "error": parsed[i].error, "path": parsed[i].path_steps,
+               "reason": parsed[i].reason, "recommendations": parsed[i].recommendations} for i in range(len(meta))]
+    report: dict[str, Any] = {"users": len(users), "generated": len(outputs), "malformed": len(outputs) - len(ok),
+                              "malformed_rate": (len(outputs) - len(ok)) / max(len(outputs), 1),
+                              "malformed_by_reason": dict(errors)}
+    if not ok:
+        report["error"] = "no usable chain: every output was malformed"
+        write_json(out_dir / "chains.json", chains)
+        write_json(out_dir / "report.json", report)
+        raise ValueError(f"GVM: all {len(outputs)} outputs malformed ({dict(errors)}); see {out_dir}/chains.json")
+    path_emb = embed([parsed[i].path_text for i in ok])
+    kept_local = prune_near_duplicates(path_emb, cfg.dedup_threshold)
+    kept = [ok[j] for j in kept_local]
+    path_emb = path_emb[kept_local]
+    for i in set(ok) - set(kept):
+        chains[i]["pruned"] = True
+    times["parse_prune_s"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    items = item_emb if item_emb is not None else item_embeddings(dataset)
+    scores = np.array([recall_score(parsed[i].recommendations, meta[i]["target"], items, embed, cfg.recall_k)
+                       for i in kept])
+    for i, s in zip(kept, scores, strict=True):
+        chains[i]["score"] = float(s)
+    times["validate_s"] = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    mining = mine(path_emb, scores, cfg.k_candidates, cfg.seed)
+    for i, lab in zip(kept, mining.labels, strict=True):
+        chains[i]["cluster"] = int(lab)
+    ex = exemplars(path_emb, mining.labels, mining.best, cfg.exemplars)
+    ex_paths = [parsed[kept[j]].path_text for j in ex]
+    fallback = parsed[kept[ex[0]]].path_steps[: cfg.max_steps]
+    template = abstract_template(llm, ex_paths, mining, cfg, fallback)
+    template.update({"name": "discovered", "k": len(template["steps"]), "cluster": mining.best,
+                     "exemplars": ex_paths, "dataset": cfg.dataset})
+    times["mine_s"] = time.perf_counter() - t3
+
+    clusters = {"k": mining.k, "silhouette_by_k": mining.silhouettes,
+                "silhouette": mining.silhouettes.get(mining.k), "clusters": mining.clusters, "best": mining.best}
+    report.update({"pruned_near_duplicates": len(ok) - len(kept), "scored": len(kept),
+                   "mean_recall_at_20": float(scores.mean()), "template_source": template["source"],
+                   "template": template["steps"], "times": times, "config": cfg.model_dump(mode="json")})
+    write_json(out_dir / "chains.json", chains)
+    write_json(out_dir / "clusters.json", clusters)
+    write_json(out_dir / "template.json", template)
+    write_json(out_dir / "report.json", report)
+    log.info("GVM: %d/%d usable, %d after pruning, k=%d, template (%s): %s", len(ok), len(outputs), len(kept),
+             mining.k, template["source"], " -> ".join(template["steps"]))
+    return report
+
+
+def load_template(spec: str, gvm_dir: Path | None = None) -> list[str]:
+    """A manual template name (appendix F) or 'discovered' (template.json from a GVM run)."""
+    if spec in prompts.MANUAL_TEMPLATES:
+        return list(prompts.MANUAL_TEMPLATES[spec])
+    if spec == "discovered":
+        from offline.reasoning.io import read_json
+
+        if gvm_dir is None:
+            raise ValueError("template 'discovered' needs --gvm-dir (the output of `scoter reason discover`)")
+        steps = read_json(Path(gvm_dir) / "template.json").get("steps")
+        if not isinstance(steps, list) or len(steps) < 2 or not all(isinstance(s, str) and s for s in steps):
+            raise ValueError(f"{gvm_dir}/template.json: field 'steps' must list at least 2 step names")
+        return steps
+    raise ValueError(f"template: expected discovered or one of {sorted(prompts.MANUAL_TEMPLATES)}, got {spec!r}")

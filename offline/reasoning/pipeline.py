@@ -1,0 +1,134 @@
+"""`scoter reason distill` end to end: teacher chains -> encoder student -> H for every user and split
+(and, optionally, the LoRA student's chains for a sample). Every stage skips work whose output exists, and
+LLM calls go through the response cache, so a killed run resumes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from offline.reasoning import corpus, prompts
+from offline.reasoning.config import DistillConfig, EncoderStudentConfig, LoraStudentConfig
+from offline.reasoning.distill import teacher_chains
+from offline.reasoning.encode import chains_to_h, sentence_encoder
+from offline.reasoning.io import read_json, save_npy, write_json
+from offline.reasoning.llm import LLM
+from offline.reasoning.students import EncoderStudent, LoraStudent, student_texts
+
+log = logging.getLogger(__name__)
+
+
+def split_histories(dataset: Any, split: str) -> list[np.ndarray]:
+    return [corpus.history(s, split) for s in dataset.sequences]  # type: ignore[arg-type]
+
+
+def run_teacher(llm: LLM, dataset: Any, steps: list[str], cfg: DistillConfig, out_dir: Path) -> dict[str, Any]:
+    """Teacher chains for `teacher_users` sampled training users -> teacher_chains.json, H_teacher.npy."""
+    path = out_dir / ("teacher_chains_oracle.json" if cfg.oracle else "teacher_chains.json")
+    if path.exists():
+        log.info("teacher chains exist: %s", path)
+        return read_json(path)
+    rows = corpus.sample_users(dataset, cfg.teacher_users, cfg.seed + 1)
+    records, report = teacher_chains(llm, dataset, steps, rows, cfg)
+    out = {"report": report, "steps": steps, "records": records}
+    write_json(path, out)
+    return out
+
+
+def train_encoder_student(dataset: Any, teacher: dict[str, Any], cfg: EncoderStudentConfig,
+                          out_dir: Path, *, holdout: float = 0.15) -> tuple[EncoderStudent, dict[str, Any]]:
+    """Fit MiniLM + head on accepted teacher chains (history text -> step embeddings); reports held-out loss."""
+    steps = teacher["steps"]
+    ok = [r for r in teacher["records"] if r["steps"] is not None]
+    if len(ok) < 2:
+        raise ValueError(f"encoder student: only {len(ok)} accepted teacher chains; need at least 2")
+    torch.set_num_threads(1)
+    texts = student_texts(dataset, [r["history"] for r in ok], cfg.history_items)
+    target, _ = chains_to_h([r["steps"] for r in ok], len(steps))
+    import copy
+
+    student = EncoderStudent(copy.deepcopy(sentence_encoder()), len(steps), cfg)
+    n_hold = max(1, int(len(ok) * holdout))
+    tr, ho = slice(n_hold, None), slice(0, n_hold)
+    before = student.evaluate(texts[ho], target[ho])
+    t0 = time.perf_counter()
+    losses = student.fit(texts[tr], target[tr])
+    after = student.evaluate(texts[ho], target[ho])
+    report = {"train_pairs": len(ok) - n_hold, "heldout_pairs": n_hold, "epoch_losses": losses,
+              "heldout_loss_before": before, "heldout_loss_after": after, "train_seconds": time.perf_counter() - t0}
+    torch.save({"head": student.head.state_dict(), "encoder": student.encoder.state_dict(), "k": len(steps),
+                "config": cfg.model_dump(mode="json")}, out_dir / "encoder_student.pt")
+    log.info("encoder student: held-out loss %.4f -> %.4f", before, after)
+    return student, report
+
+
+def precompute_h(student: EncoderStudent, dataset: Any, out_dir: Path, cfg: EncoderStudentConfig) -> dict[str, Any]:
+    """H_{train,valid,test}.npy for every user (train and valid share the input seq[:-2], computed once)."""
+    times = {}
+    cached: dict[str, np.ndarray] = {}
+    for split in corpus.SPLITS:
+        key = "test" if split == "test" else "train_valid"
+        if (out_dir / f"H_{split}.npy").exists():
+            continue
+        t0 = time.perf_counter()
+        if key not in cached:
+            texts = student_texts(dataset, split_histories(dataset, split), cfg.history_items)
+            cached[key] = student.predict(texts, progress=True)
+        h = cached[key]
+        save_npy(out_dir / f"H_{split}.npy", h)
+        save_npy(out_dir / f"present_{split}.npy", np.ones(len(h), bool))
+        times[split] = time.perf_counter() - t0
+        log.info("H_%s: %s in %.0fs (%.1f users/s)", split, h.shape, times[split], len(h) / max(times[split], 1e-9))
+    write_json(out_dir / "user_ids.json", list(dataset.user_ids))
+    return {"seconds_by_split": times, "users": dataset.n_users}
+
+
+def run_lora_student(dataset: Any, teacher: dict[str, Any], cfg: LoraStudentConfig, dcfg: DistillConfig,
+                     out_dir: Path, *, sample_users: int, scaffold: bool = False) -> dict[str, Any]:
+    """The paper's student: LoRA on the teacher's chains, then chains for `sample_users` users in every split."""
+    steps = teacher["steps"]
+    ok = [r for r in teacher["records"] if r["steps"] is not None]
+    if not ok:
+        raise ValueError("LoRA student: no accepted teacher chains")
+    chat = lambda hist: prompts.distill_chat(steps, corpus.texts(dataset, hist), max_items=dcfg.history_items)  # noqa: E731
+    student = LoraStudent(cfg)
+    losses = student.fit([chat(r["history"]) for r in ok], [prompts.format_chain(steps, r["steps"]) for r in ok])
+    train_tps = student.train_tokens / max(student.train_seconds, 1e-9)
+    student.save(out_dir / "lora_adapter")
+    rows = corpus.sample_users(dataset, sample_users, dcfg.seed + 2)
+    report: dict[str, Any] = {"train_steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1],
+                              "losses": losses, "train_tokens_per_second": train_tps,
+                              "train_seconds": student.train_seconds, "rows": rows, "splits": {}}
+    sub = out_dir / "llm_student"
+    done: dict[str, tuple[list, dict]] = {}
+    for split in corpus.SPLITS:
+        key = "test" if split == "test" else "train_valid"
+        if key not in done:
+            chats = [chat(corpus.history(dataset.sequences[u], split)) for u in rows]  # type: ignore[arg-type]
+            done[key] = student.write_chains(chats, steps, scaffold=scaffold)
+        chains, rep = done[key]
+        h, present = chains_to_h(chains, len(steps))
+        save_npy(sub / f"H_{split}.npy", h)
+        save_npy(sub / f"present_{split}.npy", present)
+        report["splits"][split] = rep
+    write_json(sub / "user_ids.json", [dataset.user_ids[u] for u in rows])
+    write_json(sub / "chains_test.json", [{"user": dataset.user_ids[u], "steps": c}
+                                          for u, c in zip(rows, done["test"][0], strict=True)])
+    return report
+
+
+def write_meta(out_dir: Path, dataset: Any, steps: list[str], extra: dict[str, Any]) -> None:
+    h = np.load(out_dir / "H_test.npy", mmap_mode="r")
+    write_json(out_dir / "meta.json", {
+        "dataset": dataset.name, "data_checksum": dataset.checksum, "users": dataset.n_users,
+        "K": int(h.shape[1]), "D": int(h.shape[2]), "template": steps, "student": "encoder (MiniLM + head)",
+        "inputs": {"train": "seq[:-2]", "valid": "seq[:-2]", "test": "seq[:-1]"},
+        "user_order": "user_ids.json == Dataset.user_ids == LeaveOneOut.user_index", **extra,
+    })
+    log.info("wrote %s", json.dumps({"dir": str(out_dir), "K": int(h.shape[1]), "D": int(h.shape[2])}))

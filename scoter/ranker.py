@@ -1,0 +1,149 @@
+"""Torch-free runner for a verified bundle: checks inputs, then ranks a batch in one ONNX Runtime run.
+
+Used by the service and by `scoter export verify`. Inputs are checked here (shape, dtype, range) so a bad
+request fails with a message naming the input instead of an opaque ONNX Runtime error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from scoter.bundle import Manifest, load_bundle, load_items
+
+log = logging.getLogger(__name__)
+
+INPUT_DTYPES = {
+    "history": np.dtype(np.int64),
+    "history_mask": np.dtype(np.bool_),
+    "reasoning": np.dtype(np.float32),
+    "reasoning_present": np.dtype(np.bool_),
+}
+
+
+class InputError(ValueError):
+    """A ranking input with the wrong type, shape, dtype or values; the message names the input."""
+
+
+class RankerConfig(BaseModel):
+    """ONNX Runtime session settings for one bundle."""
+
+    variant: Literal["fp32", "fp16"] = "fp32"
+    intra_op_threads: int = Field(default=0, ge=0, description="0 = ONNX Runtime's default (all cores)")
+    inter_op_threads: int = Field(default=1, ge=0)
+    providers: list[str] | None = Field(default=None, description="None: CUDA if available, else CPU")
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    verify_checksums: bool = True
+
+
+def choose_providers(requested: list[str] | None) -> list[str]:
+    """CUDA first when this onnxruntime build has it, CPU always last as the fallback."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise ValueError(f"providers: {missing} not available in this onnxruntime (has {available})")
+        return list(requested)
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [p for p in wanted if p in available]
+
+
+class BundleRanker:
+    """One ONNX Runtime session over one verified bundle."""
+
+    def __init__(self, bundle_dir: str | Path, config: RankerConfig | None = None) -> None:
+        import onnxruntime as ort
+
+        self.config = config or RankerConfig()
+        self.manifest, self.bundle_dir = load_bundle(bundle_dir, verify_checksums=self.config.verify_checksums)
+        if self.config.variant not in self.manifest.graphs:
+            raise ValueError(f"variant: bundle has no {self.config.variant!r} graph (has {list(self.manifest.graphs)})")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.config.intra_op_threads
+        opts.inter_op_num_threads = self.config.inter_op_threads
+        opts.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.config.graph_optimization]
+        graph = self.bundle_dir / self.manifest.graphs[self.config.variant]
+        self.session = ort.InferenceSession(
+            str(graph), sess_options=opts, providers=choose_providers(self.config.providers)
+        )
+        self.provider = self.session.get_providers()[0]
+        self.items = load_items(self.bundle_dir)
+        self.output_names = [spec.name for spec in self.manifest.outputs]
+        log.info("loaded %s v%s (%s) on %s", self.manifest.model_id, self.manifest.model_version,
+                 self.config.variant, self.provider)
+
+    def validate(self, history, history_mask, reasoning, reasoning_present) -> dict[str, np.ndarray]:
+        return validate_inputs(self.manifest, history, history_mask, reasoning, reasoning_present)
+
+    def rank(self, history, history_mask, reasoning, reasoning_present) -> tuple[np.ndarray, np.ndarray]:
+        """(item_ids int64 [B, beam], scores float32 [B, beam]); item 0 fills slots with no valid item."""
+        feeds = self.validate(history, history_mask, reasoning, reasoning_present)
+        item_ids, scores = self.session.run(self.output_names, feeds)
+        return item_ids, scores.astype(np.float32, copy=False)
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
+        """Run dummy batches so the first request does not pay for lazy initialisation."""
+        m = self.manifest
+        for b in batch_sizes:
+            self.rank(
+                np.ones((b, m.max_history), dtype=np.int64),
+                np.ones((b, m.max_history), dtype=bool),
+                np.zeros((b, m.reasoning_steps, m.reasoning_dim), dtype=np.float32),
+                np.zeros(b, dtype=bool),
+            )
+
+    def external_ids(self, item_ids: np.ndarray) -> list[list[str]]:
+        """Map 1-based item indices to external ids, dropping padding (0)."""
+        return [[self.items[i - 1] for i in row if i > 0] for row in item_ids.tolist()]
+
+
+def _check(name: str, value, ndim: int) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise InputError(f"{name}: expected a numpy array, got {type(value).__name__}")
+    if value.dtype != INPUT_DTYPES[name]:
+        raise InputError(f"{name}: dtype must be {INPUT_DTYPES[name]}, got {value.dtype}")
+    if value.ndim != ndim:
+        raise InputError(f"{name}: expected {ndim} dimensions, got shape {value.shape}")
+    return value
+
+
+def validate_inputs(manifest: Manifest, history, history_mask, reasoning, reasoning_present) -> dict[str, np.ndarray]:
+    """Check every input against the manifest; return the ONNX Runtime feed dict (contiguous arrays)."""
+    history = _check("history", history, 2)
+    history_mask = _check("history_mask", history_mask, 2)
+    reasoning = _check("reasoning", reasoning, 3)
+    reasoning_present = _check("reasoning_present", reasoning_present, 1)
+    batch, length = history.shape
+    if batch < 1:
+        raise InputError("history: batch must hold at least one user")
+    if not 1 <= length <= manifest.max_history:
+        raise InputError(f"history: length {length} outside 1..max_history={manifest.max_history}")
+    if history_mask.shape != history.shape:
+        raise InputError(f"history_mask: shape {history_mask.shape} != history shape {history.shape}")
+    expected = (batch, manifest.reasoning_steps, manifest.reasoning_dim)
+    if reasoning.shape != expected:
+        raise InputError(f"reasoning: shape {reasoning.shape} != (batch, K, D) = {expected}")
+    if reasoning_present.shape != (batch,):
+        raise InputError(f"reasoning_present: shape {reasoning_present.shape} != (batch,) = ({batch},)")
+    low, high = int(history.min()), int(history.max())
+    if low < 0 or high > manifest.n_items:
+        raise InputError(f"history: item indices must lie in 0..n_items={manifest.n_items}, got {low}..{high}")
+    if not np.isfinite(reasoning).all():
+        raise InputError("reasoning: contains NaN or infinite values")
+    return {
+        "history": np.ascontiguousarray(history),
+        "history_mask": np.ascontiguousarray(history_mask),
+        "reasoning": np.ascontiguousarray(reasoning),
+        "reasoning_present": np.ascontiguousarray(reasoning_present),
+    }

@@ -1,0 +1,206 @@
+"""HTTP schemas and routes: recommendations (single and batch), models, health, readiness, admin reload.
+
+Schemas are strict (no "10" -> 10 coercion) so a wrong type is a 422 naming the field; checks that need the
+loaded model (unknown item, k above beam) raise RequestError, also answered 422 with the field's location.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Annotated, Literal
+
+import onnxruntime as ort
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from service.batcher import NotRunningError, QueueFullError
+from service.serving import NotReadyError, Recommender, RecRequest, RecResult, RequestError
+
+log = logging.getLogger(__name__)
+
+ID_PATTERN = r"^[A-Za-z0-9_.:@-]+$"
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
+
+
+class RecommendationRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    user_id: Identifier
+    history: list[Identifier] | None = Field(
+        None, description="item ids, newest last; absent: read from the store (scoter:hist:{user_id})")
+    k: int = Field(10, ge=1, le=100, description="items to return (at most the model's beam size)")
+    exclude_seen: bool = Field(True, description="drop items already in the history")
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    requests: list[RecommendationRequest] = Field(min_length=1)
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class RecommendationResponse(BaseModel):
+    user_id: str
+    items: list[ScoredItem]
+    variant: str
+    experiment: str
+    in_experiment: bool
+    forced: bool
+    model_id: str
+    model_version: str
+    reasoning: Literal["hit", "miss", "stale", "error"] = Field(
+        description="hit: served with the user's reasoning; miss/stale/error (store down or bad value): without")
+    history_source: Literal["request", "store", "none"]
+    history_length: int
+    config_version: str
+
+
+class BatchResponse(BaseModel):
+    results: list[RecommendationResponse]
+
+
+def _unprocessable(loc: list, msg: str) -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": [{"loc": loc, "msg": msg, "type": "value_error"}]})
+
+
+def _response(r: RecResult, config_version: str) -> RecommendationResponse:
+    return RecommendationResponse(
+        user_id=r.user_id, items=[ScoredItem(item_id=i, score=s) for i, s in r.items],
+        variant=r.assignment.variant, experiment=r.assignment.experiment,
+        in_experiment=r.assignment.in_experiment, forced=r.assignment.forced, model_id=r.model_id,
+        model_version=r.model_version, reasoning=r.reasoning, history_source=r.history_source,
+        history_length=r.history_length, config_version=config_version)
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+
+    def rec(request: Request) -> Recommender:
+        return request.app.state.recommender
+
+    async def serve(request: Request, reqs: list[RecommendationRequest], loc_prefix: list,
+                    variant_header: str | None, token: str | None) -> list[RecommendationResponse] | Response:
+        r = rec(request)
+        m = r.metrics
+        t0 = time.perf_counter()
+        settings = r.settings
+        for i, q in enumerate(reqs):
+            if q.history is not None and len(q.history) > settings.max_history:
+                loc = [*loc_prefix, *([i] if loc_prefix[-1] == "requests" else []), "history"]
+                return _unprocessable(loc, f"history has {len(q.history)} items, at most {settings.max_history}")
+        if variant_header is not None and not r.check_admin(token):
+            return JSONResponse(status_code=403, content={
+                "detail": "X-Scoter-Variant requires a valid X-Scoter-Admin-Token"})
+        with m.inflight.track_inprogress():
+            try:
+                for attempt in (1, 2):  # a reload may stop the batcher this request picked; retry on the new state
+                    state = r.require_state()
+                    assignments = [r.assign(state, q.user_id, variant_header) for q in reqs]
+                    try:
+                        results = await r.recommend(
+                            state, [RecRequest(q.user_id, q.history, q.k, q.exclude_seen) for q in reqs],
+                            assignments, loc_prefix)
+                        break
+                    except NotRunningError:
+                        if attempt == 2 or r.state is state:
+                            raise
+                r.count_exposures(assignments)
+            except RequestError as exc:
+                return _unprocessable(exc.loc, exc.msg)
+            except QueueFullError:
+                m.rejections.labels("queue_full").inc()
+                return JSONResponse(status_code=429, headers={"Retry-After": "1"},
+                                    content={"detail": "overloaded: inference queue is full, retry later"})
+            except (NotReadyError, NotRunningError):
+                m.rejections.labels("not_ready").inc()
+                return JSONResponse(status_code=503, content={"detail": "not ready"})
+            except Exception:
+                m.errors.labels("internal").inc()
+                log.exception("recommendation failed")
+                return JSONResponse(status_code=500, content={"detail": "internal error"})
+        took = time.perf_counter() - t0
+        for a in {res.assignment.variant for res in results}:
+            m.stage_seconds.labels("total", a).observe(took)
+        return [_response(res, state.loaded.version) for res in results]
+
+    @router.post("/v1/recommendations", response_model=RecommendationResponse, tags=["recommendations"],
+                 responses={422: {"description": "invalid input (the field is named)"},
+                            429: {"description": "overloaded"}, 503: {"description": "not ready"}})
+    async def recommend(request: Request, body: RecommendationRequest,
+                        x_scoter_variant: Annotated[str | None, Header()] = None,
+                        x_scoter_admin_token: Annotated[str | None, Header()] = None):
+        out = await serve(request, [body], ["body"], x_scoter_variant, x_scoter_admin_token)
+        return out if isinstance(out, Response) else out[0]
+
+    @router.post("/v1/recommendations:batch", response_model=BatchResponse, tags=["recommendations"],
+                 responses={422: {"description": "invalid input (the field is named)"},
+                            429: {"description": "overloaded"}, 503: {"description": "not ready"}})
+    async def recommend_batch(request: Request, body: BatchRequest,
+                              x_scoter_variant: Annotated[str | None, Header()] = None,
+                              x_scoter_admin_token: Annotated[str | None, Header()] = None):
+        limit = rec(request).settings.max_batch_request
+        if len(body.requests) > limit:
+            return _unprocessable(["body", "requests"], f"{len(body.requests)} requests, at most {limit}")
+        out = await serve(request, body.requests, ["body", "requests"], x_scoter_variant, x_scoter_admin_token)
+        return out if isinstance(out, Response) else BatchResponse(results=out)
+
+    @router.get("/v1/models", tags=["models"])
+    async def models(request: Request):
+        r = rec(request)
+        state = r.state
+        if state is None:
+            return JSONResponse(status_code=503, content={"detail": "not ready"})
+        exp = state.loaded.config.active
+        weights = {v.name: v.weight for v in exp.variants}
+        return {
+            "config_version": state.loaded.version,
+            "available_providers": ort.get_available_providers(),
+            "experiments": state.loaded.config.model_dump(mode="json"),
+            "active_experiment": exp.key,
+            "variants": [{
+                "variant": name, "weight": weights.get(name), "bundle": str(rt.bundle.path),
+                "model_id": rt.bundle.model_id, "model_version": rt.bundle.model_version,
+                "provider": rt.bundle.provider, "max_history": rt.bundle.max_len, "beam": rt.bundle.beam,
+                "manifest": rt.bundle.manifest.model_dump(mode="json"),
+            } for name, rt in state.variants.items()],
+        }
+
+    @router.get("/healthz", tags=["ops"])
+    async def healthz():
+        return {"status": "ok"}
+
+    @router.get("/readyz", tags=["ops"])
+    async def readyz(request: Request):
+        r = rec(request)
+        redis_ok = await r.fetcher.ping()
+        warm = r.state is not None and r.warm
+        ready = warm and (redis_ok or r.settings.allow_degraded)
+        body = {"ready": ready, "bundles_warm": warm, "redis": "ok" if redis_ok else "unreachable",
+                "degraded": not redis_ok, "breaker": r.breaker.state,
+                "config_version": r.state.loaded.version if r.state else None}
+        return JSONResponse(status_code=200 if ready else 503, content=body)
+
+    @router.get("/metrics", tags=["ops"], include_in_schema=False)
+    async def metrics(request: Request):
+        body, ctype = rec(request).metrics.exposition()
+        return Response(content=body, media_type=ctype)
+
+    @router.post("/admin/reload", tags=["ops"])
+    async def admin_reload(request: Request, x_scoter_admin_token: Annotated[str | None, Header()] = None):
+        r = rec(request)
+        if not r.check_admin(x_scoter_admin_token):
+            return JSONResponse(status_code=403, content={"detail": "a valid X-Scoter-Admin-Token is required"})
+        try:
+            state = await r.reload()
+        except (ValueError, FileNotFoundError) as exc:
+            log.warning("reload refused, keeping config %s: %s", r.state.loaded.version if r.state else None, exc)
+            return JSONResponse(status_code=400, content={"detail": f"reload refused: {exc}"})
+        return {"config_version": state.loaded.version, "variants": list(state.variants)}
+
+    return router

@@ -1,0 +1,48 @@
+"""App factory: settings -> Recommender (bundles warm, store client) -> FastAPI app with metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_fastapi_instrumentator import Instrumentator
+from prometheus_fastapi_instrumentator import metrics as http_metrics
+
+from service.api import build_router
+from service.metrics import MS_BUCKETS, ServiceMetrics
+from service.serving import Recommender
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    """Build the app; bundles are loaded and warmed in the lifespan, before the server accepts traffic."""
+    settings = settings or ServiceSettings()
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        recommender: Recommender = app.state.recommender
+        await recommender.start()
+        hup = settings.reload_on_sighup and recommender.install_sighup()
+        log.info("ready (SIGHUP reload %s)", "on" if hup else "off")
+        try:
+            yield
+        finally:
+            if hup:
+                recommender.remove_sighup()
+            await recommender.stop()
+
+    app = FastAPI(title="scoter", version="0.1.0", lifespan=lifespan,
+                  description="SCoTER recommendations: reasoning from the store, ranking with ONNX Runtime.")
+    app.state.settings = settings
+    app.state.recommender = Recommender(settings, metrics)
+    app.include_router(build_router())
+    Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).add(
+        http_metrics.default(latency_lowr_buckets=MS_BUCKETS, latency_highr_buckets=MS_BUCKETS,
+                             registry=metrics.registry)
+    ).instrument(app)
+    return app

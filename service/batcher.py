@@ -1,0 +1,151 @@
+"""Micro-batching of concurrent requests into one ONNX Runtime call, with a bounded queue.
+
+A request waits at most `max_wait_ms` for companions (or until `max_batch` are queued); inference runs in a
+thread pool so the event loop keeps accepting and fetching. Past `capacity` queued jobs, `submit` fails at
+once (the API answers 429) instead of letting latency grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+class QueueFullError(RuntimeError):
+    """The batcher's queue is at capacity: shed load now."""
+
+
+class NotRunningError(RuntimeError):
+    """The batcher is not started or is shutting down."""
+
+
+@dataclass
+class _Job(Generic[P, R]):
+    payload: P
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class BatchResult(Generic[R]):
+    value: R
+    queue_wait_s: float
+    inference_s: float
+    batch_size: int
+
+
+class MicroBatcher(Generic[P, R]):
+    """Coalesces `submit` calls into `fn(list_of_payloads) -> list_of_results`, run in `executor`."""
+
+    def __init__(self, fn: Callable[[list[P]], list[R]], *, executor: Executor, max_batch: int,
+                 max_wait_ms: float, capacity: int, workers: int = 1,
+                 on_batch: Callable[[int], None] | None = None, name: str = "batcher"):
+        self.fn = fn
+        self.executor = executor
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.capacity = capacity
+        self.n_workers = workers
+        self.on_batch = on_batch or (lambda n: None)
+        self.name = name
+        self._queue: asyncio.Queue[_Job[P, R]] | None = None
+        self._arrived: asyncio.Event | None = None
+        self._workers: list[asyncio.Task] = []
+        self._running = False
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize() if self._queue else 0
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue(maxsize=self.capacity)
+        self._arrived = asyncio.Event()
+        self._running = True
+        self._workers = [asyncio.create_task(self._work(), name=f"{self.name}-{i}") for i in range(self.n_workers)]
+
+    async def stop(self, drain_timeout_s: float = 5.0) -> None:
+        """Refuse new work, let queued jobs finish (up to the timeout), then stop the workers."""
+        self._running = False
+        if self._queue is not None:
+            deadline = time.monotonic() + drain_timeout_s
+            while not self._queue.empty() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+        for w in self._workers:
+            w.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        while self._queue is not None and not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(NotRunningError(f"{self.name} stopped"))
+
+    async def submit(self, payload: P) -> BatchResult[R]:
+        if not self._running or self._queue is None:
+            raise NotRunningError(f"{self.name} is not running")
+        job: _Job[P, R] = _Job(payload, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise QueueFullError(f"{self.name}: {self.capacity} requests already queued") from None
+        self._arrived.set()
+        return await job.future
+
+    async def _collect(self) -> list[_Job[P, R]]:
+        """Wait for a first job, then gather more until max_batch or max_wait has passed."""
+        batch = [await self._queue.get()]
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            remaining = deadline - time.perf_counter()
+            if len(batch) >= self.max_batch or remaining <= 0:
+                break
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
+            except TimeoutError:
+                while len(batch) < self.max_batch and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                break
+        return batch
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [j for j in await self._collect() if not j.future.done()]  # skip abandoned requests
+            if not batch:
+                continue
+            started = time.perf_counter()
+            self.on_batch(len(batch))
+            try:
+                results = await loop.run_in_executor(self.executor, self.fn, [j.payload for j in batch])
+            except asyncio.CancelledError:
+                for j in batch:
+                    if not j.future.done():
+                        j.future.set_exception(NotRunningError(f"{self.name} stopped"))
+                raise
+            except Exception as exc:  # one bad batch fails its requests, never the worker
+                log.exception("%s: batch of %d failed", self.name, len(batch))
+                for j in batch:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                continue
+            inference_s = time.perf_counter() - started
+            for j, r in zip(batch, results, strict=True):
+                if not j.future.done():
+                    j.future.set_result(BatchResult(r, started - j.enqueued, inference_s, len(batch)))

@@ -1,0 +1,62 @@
+"""Prometheus metrics (names are a contract with deploy/ dashboards, see docs/CONTRACTS.md).
+
+Each app gets its own CollectorRegistry (several apps can live in one test process). With
+PROMETHEUS_MULTIPROC_DIR set, values go to per-process files and `/metrics` aggregates them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+
+# 0.25 ms .. 2.5 s: the interesting part of a recommendation request is single-digit milliseconds.
+MS_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+              0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class ServiceMetrics:
+    """All service metrics, registered in one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.stage_seconds = Histogram("scoter_stage_seconds", "time per request stage", ["stage", "variant"],
+                                       buckets=MS_BUCKETS, registry=r)
+        self.reasoning = Counter("scoter_reasoning_total", "reasoning fetch outcome per request",
+                                 ["status", "variant"], registry=r)
+        self.rejections = Counter("scoter_rejections_total", "requests refused (queue full, not ready)",
+                                  ["reason"], registry=r)
+        self.errors = Counter("scoter_errors_total", "internal errors by kind", ["kind"], registry=r)
+        self.batch_size = Histogram("scoter_batch_size", "requests per inference batch", buckets=BATCH_BUCKETS,
+                                    registry=r)
+        self.inflight = Gauge("scoter_inflight_requests", "requests being served", registry=r,
+                              multiprocess_mode="livesum")
+        self.model_info = Gauge("scoter_model_info", "loaded bundle per variant (value 1)",
+                                ["variant", "model_id", "model_version", "provider"], registry=r,
+                                multiprocess_mode="liveall")
+        self.exposures = Counter("scoter_exposures_total", "users exposed to an experiment variant",
+                                 ["experiment", "variant"], registry=r)
+        self.redis_degraded = Gauge("scoter_redis_degraded", "1 while the reasoning store is unreachable "
+                                    "(circuit open)", registry=r, multiprocess_mode="livemax")
+
+    def exposition(self) -> tuple[bytes, str]:
+        """Body and content type for `/metrics` (aggregated over processes in multiprocess mode)."""
+        if multiprocess_dir():
+            registry = CollectorRegistry()
+            prom_multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

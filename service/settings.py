@@ -1,0 +1,61 @@
+"""Service configuration: one pydantic-settings object, read from `SCOTER_*` environment variables.
+
+Every timeout is explicit because redis-py's defaults wait seconds on an outage, which would blow the
+request deadline; every queue is bounded so overload becomes a fast 429 instead of growing latency.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """All knobs of the recommendation service (env prefix `SCOTER_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="SCOTER_", extra="ignore")
+
+    # what to serve: one bundle, or an experiments file whose variants are bundles
+    bundle: Path | None = None
+    experiments: Path | None = None
+
+    # reasoning store
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False
+    redis_connect_timeout_s: float = Field(0.05, gt=0)
+    redis_socket_timeout_s: float = Field(0.05, gt=0)
+    redis_max_connections: int = Field(64, ge=1)
+    redis_deadline_ms: float = Field(25.0, gt=0, description="per-request budget for the store fetch")
+    reasoning_version: str | None = Field(None, description="overrides the bundle manifest's reasoning_version")
+    reasoning_max_age_s: int = Field(30 * 24 * 3600, ge=1)
+    breaker_failure_threshold: int = Field(5, ge=1)
+    breaker_reset_s: float = Field(5.0, gt=0)
+    allow_degraded: bool = Field(True, description="ready without Redis (serving without reasoning)")
+
+    # ranking
+    providers: list[str] | None = Field(None, description="ONNX Runtime providers; default: CUDA if available")
+    ort_intra_op_threads: int = Field(1, ge=0)
+    ort_inter_op_threads: int = Field(1, ge=0)
+    inference_workers: int = Field(1, ge=1, description="threads running ONNX sessions off the event loop")
+    warmup_runs: int = Field(2, ge=1)
+    max_batch: int = Field(32, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0)
+    queue_capacity: int = Field(256, ge=1)
+
+    # request limits
+    max_history: int = Field(1000, ge=1, description="longer request histories are rejected (422)")
+    max_batch_request: int = Field(64, ge=1, description="most users in one batch request")
+
+    # experiments / admin
+    admin_token: SecretStr | None = None
+    reload_on_sighup: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ServiceSettings:
+        if (self.bundle is None) == (self.experiments is None):
+            raise ValueError("set exactly one of bundle (SCOTER_BUNDLE) or experiments (SCOTER_EXPERIMENTS)")
+        return self

@@ -1,0 +1,70 @@
+"""GVM pieces on constructed cases: duplicate pruning, Recall@20 validation (real sentence encoder), mining."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from offline.reasoning.gvm import exemplars, load_template, mine, prune_near_duplicates, recall_score
+from offline.reasoning.io import write_json
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def test_prune_keeps_first_of_near_duplicates() -> None:
+    a, b = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
+    near_a = _unit(np.array([1.0, 0.3, 0]))  # cos(a, near_a) ~ 0.96 > 0.85
+    far = _unit(np.array([1.0, 1.0, 0]))  # cos ~ 0.71 to both: kept
+    emb = np.stack([a, near_a, b, far, a])
+    assert prune_near_duplicates(emb, 0.85) == [0, 2, 3]
+    assert prune_near_duplicates(emb, 0.99) == [0, 1, 2, 3]
+
+
+def test_recall_score_maps_text_to_nearest_item() -> None:
+    from offline.reasoning.encode import embed
+
+    catalogue = ["OPI red nail polish lacquer", "Ionic hair dryer 1800 watt", "Hydrating face moisturizer cream"]
+    items = embed(catalogue)
+    assert recall_score(["a blow dryer for hair"], 2, items, embed) == 1.0
+    assert recall_score(["a blow dryer for hair"], 1, items, embed) == 0.0
+    assert recall_score(["nail varnish in red", "moisturising cream for the face"], 3, items, embed) == 1.0
+    assert recall_score([], 1, items, embed) == 0.0
+    # only the first k recommendations count
+    assert recall_score(["blow dryer", "red nail varnish"], 1, items, embed, k=1) == 0.0
+
+
+def test_mine_picks_the_cluster_with_the_highest_mean_score() -> None:
+    rng = np.random.default_rng(0)
+    centers = np.eye(8)[:3] * 5
+    emb = np.concatenate([c + rng.normal(0, 0.1, (6, 8)) for c in centers])
+    scores = np.array([0, 0, 1, 0, 0, 0] + [1, 1, 1, 0, 1, 1] + [0, 1, 0, 0, 0, 0], float)
+    m = mine(emb, scores, k_candidates=(2, 3, 4, 5), seed=0)
+    assert m.k == 3
+    best_members = np.flatnonzero(m.labels == m.best)
+    assert sorted(best_members.tolist()) == list(range(6, 12))
+    best = next(c for c in m.clusters if c["id"] == m.best)
+    assert best["quality"] == 5 / 6 and best["size"] == 6 and best["rank"] == 1
+    ex = exemplars(emb, m.labels, m.best, n=3)
+    assert len(ex) == 3 and set(ex) <= set(best_members.tolist())
+    centroid = emb[best_members].mean(0)
+    dist = {i: np.linalg.norm(emb[i] - centroid) for i in best_members}
+    assert ex[0] == min(dist, key=dist.get) or np.isclose(dist[ex[0]], min(dist.values()), atol=0.05)
+
+
+def test_mine_with_too_few_paths_uses_one_cluster() -> None:
+    m = mine(np.eye(3)[:2], np.array([1.0, 0.0]))
+    assert m.k == 1 and m.clusters[0]["quality"] == 0.5
+
+
+def test_load_template_manual_and_discovered(tmp_path) -> None:
+    assert load_template("three_step")[-1] == "Item Recommendation"
+    write_json(tmp_path / "template.json", {"steps": ["Look at history", "Recommend"]})
+    assert load_template("discovered", tmp_path) == ["Look at history", "Recommend"]
+    write_json(tmp_path / "template.json", {"steps": ["only one"]})
+    import pytest
+
+    with pytest.raises(ValueError, match="steps"):
+        load_template("discovered", tmp_path)
+    with pytest.raises(ValueError, match="template"):
+        load_template("nine_step")

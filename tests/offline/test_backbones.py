@@ -1,0 +1,150 @@
+"""TIGER and HSTU: shapes and masks, the fusion hook, learning a planted pattern, and resumable training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from offline.backbones import HstuConfig, HstuModel, TigerConfig, TigerModel, TrainConfig, TrieTensors, recommend
+from offline.backbones.train import Splits, Trainer, load_model
+from offline.data import Dataset, Item, LeaveOneOut
+from offline.evaluation import rank_metrics
+from offline.fusion import FusionConfig, ReasoningFusion
+from offline.semantic_ids import SemanticIds
+
+torch.set_num_threads(1)
+N_ITEMS, SIZES = 30, [4, 4, 2]
+
+
+def planted_codes(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in SIZES], indexing="ij"), -1).reshape(-1, len(SIZES))
+    body = grid[rng.choice(len(grid), N_ITEMS, replace=False)]
+    return np.vstack([np.zeros((1, len(SIZES)), dtype=np.int64), body])
+
+
+def planted_sequences(n_users: int, seed: int = 0) -> list[np.ndarray]:
+    """Every user walks the same hidden cycle over the items: the next item is a function of the last one."""
+    rng = np.random.default_rng(seed)
+    cycle = np.random.default_rng(123).permutation(N_ITEMS) + 1
+    pos_of = {int(item): p for p, item in enumerate(cycle)}
+    seqs = []
+    for _ in range(n_users):
+        start = pos_of[int(rng.integers(1, N_ITEMS + 1))]
+        length = int(rng.integers(4, 10))
+        seqs.append(cycle[(start + np.arange(length)) % N_ITEMS].astype(np.int64))
+    return seqs
+
+
+def planted_dataset(n_users: int = 300) -> Dataset:
+    seqs = planted_sequences(n_users)
+    items = [Item(item_id=str(i)) for i in range(1, N_ITEMS + 1)]
+    return Dataset("planted", [f"u{i}" for i in range(n_users)], seqs, items, N_ITEMS, "synthetic")
+
+
+def make(kind: str, **overrides: object):
+    torch.manual_seed(0)
+    if kind == "tiger":
+        return TigerModel(TigerConfig.small(**overrides), planted_codes(), SIZES)
+    return HstuModel(HstuConfig.small(**overrides), planted_codes(), SIZES)
+
+
+@pytest.mark.parametrize("kind", ["tiger", "hstu"])
+def test_encode_shapes_and_padding_mask(kind: str) -> None:
+    model = make(kind).eval()
+    history = torch.tensor([[0, 0, 0, 3, 4, 5, 6, 7], [0, 0, 0, 0, 0, 0, 0, 9]])
+    h_seq, mask = model.encode(history)
+    per_item = model.code_length if kind == "tiger" else 1
+    assert h_seq.shape[:2] == (2, 8 * per_item) and mask.shape == (2, 8 * per_item)
+    assert mask.sum(1).tolist() == [5 * per_item, 1 * per_item]
+    # left padding must not change the states of real positions
+    h_short, _ = model.encode(history[:, 3:])
+    torch.testing.assert_close(h_seq[0, -5 * per_item :], h_short[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["tiger", "hstu"])
+def test_fusion_hook_is_applied_only_when_reasoning_is_present(kind: str) -> None:
+    model = make(kind).eval()
+    d = model.config.d_model
+    model.fusion = ReasoningFusion(FusionConfig.small(d_item=d, heads=2 if d % 2 == 0 else 1)).eval()
+    history = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7]] * 2)
+    H = torch.randn(2, 3, 16)
+    base, _ = model.memory(history)
+    fused, _ = model.memory(history, H, torch.tensor([True, False]))
+    torch.testing.assert_close(fused[1], base[1])  # absent -> backbone path exactly
+    assert not torch.allclose(fused[0], base[0])
+    model.train()
+    loss, parts = model.loss(history, torch.tensor([8, 9]), H, torch.tensor([True, True]))
+    assert "aux" in parts and torch.isfinite(loss)
+    loss.backward()
+    assert model.fusion.adapter[0].weight.grad is not None
+
+
+def test_bad_codes_name_the_field() -> None:
+    with pytest.raises(ValueError, match="codebook_sizes"):
+        HstuModel(HstuConfig.small(), planted_codes(), [4, 4])
+    bad = planted_codes()
+    bad[3, 0] = 9
+    with pytest.raises(ValueError, match="codes"):
+        TigerModel(TigerConfig.small(), bad, SIZES)
+
+
+@pytest.mark.parametrize("kind,steps", [("hstu", 150), ("tiger", 150)])
+def test_learns_a_planted_pattern(kind: str, steps: int) -> None:
+    """The next item is a deterministic function of the last one; both backbones must find it (chance level
+    is Recall@1 = 1/30, Recall@5 = 1/6)."""
+    loo = LeaveOneOut(planted_dataset(), max_len=8)
+    hist, tgt = (torch.as_tensor(a) for a in loo.train_examples())
+    model = make(kind)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(tgt), (64,), generator=gen)
+        loss, _ = model.loss(hist[idx], tgt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    t_hist, t_tgt = loo.eval_examples("test")
+    items, _ = recommend(model, t_hist, 5, TrieTensors.for_model(model), beam=5)
+    metrics = rank_metrics(items, t_tgt, ks=(1, 5))
+    assert metrics["recall@1"] > 0.6 and metrics["recall@5"] > 0.85, metrics
+
+
+def test_trainer_checkpoints_resumes_and_writes_results(tmp_path) -> None:
+    ds = planted_dataset(120)
+    loo = LeaveOneOut(ds, max_len=8)
+    splits = Splits(ds, loo.train_examples(), loo.eval_examples("valid"), loo.eval_examples("test"))
+    codes = SemanticIds(codes=planted_codes(), codebook_sizes=SIZES)
+    small = HstuConfig.small().model_dump()
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=3e-3, warmup_steps=5, beam=5, eval_users=50, patience=5)
+    Trainer("hstu", splits, codes, tmp_path, cfg, small, device="cpu").fit()
+    assert (tmp_path / "last.pt").exists() and (tmp_path / "best.pt").exists()
+    resumed = Trainer("hstu", splits, codes, tmp_path, cfg.model_copy(update={"epochs": 2}), None, device="cpu")
+    assert resumed.epoch == 1 and not resumed.finished or resumed.finished  # loaded from last.pt
+    assert resumed.epoch == 1
+    resumed.finished = False
+    resumed.fit()
+    assert resumed.epoch == 2
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    metrics = resumed.final_evaluation(progress=False)
+    assert set(metrics) == {"valid", "test"} and 0.0 <= metrics["test"]["recall@5"] <= 1.0
+    doc = json.loads((tmp_path / "result.json").read_text())
+    assert doc["epochs_trained"] == 2 and doc["metrics"]["test"] == metrics["test"]
+    model = load_model(tmp_path / "best.pt", codes)
+    assert isinstance(model, HstuModel)
+
+
+def test_time_budget_stops_early_without_finishing(tmp_path) -> None:
+    ds = planted_dataset(120)
+    loo = LeaveOneOut(ds, max_len=8)
+    splits = Splits(ds, loo.train_examples(), loo.eval_examples("valid"), loo.eval_examples("test"))
+    codes = SemanticIds(codes=planted_codes(), codebook_sizes=SIZES)
+    cfg = TrainConfig(epochs=50, batch_size=8, beam=5, eval_users=20, time_budget_s=0.5)
+    trainer = Trainer("tiger", splits, codes, tmp_path, cfg, TigerConfig.small().model_dump(), device="cpu")
+    trainer.fit()
+    assert trainer.epoch < 50 and not trainer.finished  # can be continued elsewhere

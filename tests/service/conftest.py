@@ -1,0 +1,105 @@
+"""Shared fixtures: a real tiny bundle, real Redis at 127.0.0.1:6379 (unique keys), the app over ASGI."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from asgi_lifespan import LifespanManager
+
+from service.app import create_app
+from service.settings import ServiceSettings
+from tests.service.bundle_builder import TinyModel, build_bundle
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def reasoning_version(run_id: str) -> str:
+    return f"test-{run_id}"
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory, reasoning_version: str) -> tuple[Path, TinyModel]:
+    path = tmp_path_factory.mktemp("bundles") / "tiny"
+    return path, build_bundle(path, reasoning_version=reasoning_version)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tiny: tuple[Path, TinyModel]) -> Path:
+    return tiny[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny: tuple[Path, TinyModel]) -> TinyModel:
+    return tiny[1]
+
+
+@pytest.fixture
+def store(run_id: str) -> Iterator[redis.Redis]:
+    """Real Redis; every key written through `store.set` in a test is deleted afterwards."""
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("Redis is not running at 127.0.0.1:6379")
+    written: list[str] = []
+    real_set = client.set
+
+    def tracked_set(key, value, *a, **kw):
+        written.append(key)
+        return real_set(key, value, *a, **kw)
+
+    client.set = tracked_set  # type: ignore[method-assign]
+    yield client
+    if written:
+        client.delete(*written)
+    client.close()
+
+
+@pytest.fixture
+def uid(run_id: str) -> Iterator[callable]:
+    """Unique user ids per test (history keys are not versioned, so ids must not collide)."""
+    n = iter(range(10**6))
+    tag = uuid.uuid4().hex[:6]
+    return lambda: f"u-{run_id}-{tag}-{next(n)}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dead_redis_url() -> str:
+    """A port with nothing listening: connections are refused (the degraded path)."""
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+def make_settings(**kw) -> ServiceSettings:
+    base = dict(redis_url=REDIS_URL, warmup_runs=1, max_wait_ms=1.0, admin_token="s3cret",
+                reload_on_sighup=False)
+    base.update(kw)
+    return ServiceSettings(**base)
+
+
+@asynccontextmanager
+async def serve(settings: ServiceSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app (lifespan: bundles loaded and warmed) behind httpx over ASGI."""
+    app = create_app(settings)
+    async with LifespanManager(app, startup_timeout=60) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://scoter.test") as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client

@@ -1,0 +1,98 @@
+"""Micro-batching: concurrent requests coalesce into one call; past capacity, submit fails at once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from service.batcher import MicroBatcher, NotRunningError, QueueFullError
+
+
+@pytest.fixture
+def executor():
+    ex = ThreadPoolExecutor(1)
+    yield ex
+    ex.shutdown(wait=False, cancel_futures=True)
+
+
+async def test_concurrent_requests_share_one_batch(executor):
+    calls: list[list[int]] = []
+
+    def fn(xs: list[int]) -> list[int]:
+        calls.append(list(xs))
+        return [x * 10 for x in xs]
+
+    sizes: list[int] = []
+    b = MicroBatcher(fn, executor=executor, max_batch=16, max_wait_ms=50, capacity=64, on_batch=sizes.append)
+    await b.start()
+    try:
+        results = await asyncio.gather(*(b.submit(i) for i in range(8)))
+    finally:
+        await b.stop()
+    assert [r.value for r in results] == [i * 10 for i in range(8)]
+    assert calls == [list(range(8))] and sizes == [8]
+    assert all(r.batch_size == 8 and r.queue_wait_s >= 0 for r in results)
+
+
+async def test_max_batch_splits_and_lone_request_waits_at_most_max_wait(executor):
+    calls: list[int] = []
+    b = MicroBatcher(lambda xs: (calls.append(len(xs)), xs)[1], executor=executor, max_batch=4,
+                     max_wait_ms=20, capacity=64)
+    await b.start()
+    try:
+        await asyncio.gather(*(b.submit(i) for i in range(10)))
+        t0 = time.perf_counter()
+        r = await b.submit(99)
+        lone = time.perf_counter() - t0
+    finally:
+        await b.stop()
+    assert max(calls[:-1]) <= 4 and sum(calls[:-1]) == 10
+    assert r.value == 99 and r.batch_size == 1
+    assert lone < 0.5  # waited for companions at most ~max_wait, not forever
+
+
+async def test_rejects_past_capacity_immediately(executor):
+    gate = threading.Event()
+
+    def slow(xs):
+        gate.wait(5)
+        return xs
+
+    b = MicroBatcher(slow, executor=executor, max_batch=1, max_wait_ms=0, capacity=2)
+    await b.start()
+    try:
+        first = asyncio.create_task(b.submit(0))  # taken by the worker, blocks in `slow`
+        await asyncio.sleep(0.05)
+        queued = [asyncio.create_task(b.submit(i)) for i in (1, 2)]  # fill the queue
+        await asyncio.sleep(0.01)
+        t0 = time.perf_counter()
+        with pytest.raises(QueueFullError):
+            await b.submit(3)
+        assert time.perf_counter() - t0 < 0.05  # answered at once, not after the queue drains
+        gate.set()
+        assert [r.value for r in await asyncio.gather(first, *queued)] == [0, 1, 2]
+    finally:
+        gate.set()
+        await b.stop()
+
+
+async def test_failing_batch_fails_its_requests_not_the_worker(executor):
+    def fn(xs):
+        if -1 in xs:
+            raise RuntimeError("bad batch")
+        return xs
+
+    b = MicroBatcher(fn, executor=executor, max_batch=1, max_wait_ms=0, capacity=8)
+    await b.start()
+    try:
+        with pytest.raises(RuntimeError, match="bad batch"):
+            await b.submit(-1)
+        assert (await b.submit(5)).value == 5
+    finally:
+        await b.stop()
+    with pytest.raises(NotRunningError):
+        await b.submit(1)

@@ -1,0 +1,146 @@
+"""GrowthBook-compatible assignment (checked against GrowthBook's cross-SDK cases.json vectors) and config."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from service.experiments import (
+    Experiment,
+    Variant,
+    assign,
+    bucket_ranges,
+    choose_variation,
+    fnv1a32,
+    gb_hash,
+    load_config,
+)
+
+# growthbook/growthbook packages/sdk-js/test/cases.json, section "hash": [seed, value, version, expected]
+HASH_VECTORS = [
+    ("", "a", 1, 0.22), ("", "b", 1, 0.077), ("b", "a", 1, 0.946), ("ef", "d", 1, 0.652),
+    ("asdf", "8952klfjas09ujk", 1, 0.549), ("", "123", 1, 0.011), ("", '___)((*":&', 1, 0.563),
+    ("seed", "a", 2, 0.0505), ("seed", "b", 2, 0.2696), ("foo", "ab", 2, 0.2575), ("foo", "def", 2, 0.2019),
+    ("89123klj", "8952klfjas09ujkasdf", 2, 0.124), ("90850943850283058242805", "123", 2, 0.7516),
+    ("()**(%$##$%#$#", '___)((*":&', 2, 0.0128), ("abc", "def", 99, None),
+]
+
+# section "getBucketRange": [name, [numVariations, coverage, weights], expected ranges]
+BUCKET_VECTORS = [
+    ((2, 1, None), [(0, 0.5), (0.5, 1)]),
+    ((2, 0.5, None), [(0, 0.25), (0.5, 0.75)]),
+    ((2, 0, None), [(0, 0), (0.5, 0.5)]),
+    ((4, 1, None), [(0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1)]),
+    ((2, 1, [0.4, 0.6]), [(0, 0.4), (0.4, 1)]),
+    ((3, 1, [0.2, 0.3, 0.5]), [(0, 0.2), (0.2, 0.5), (0.5, 1)]),
+    ((3, 0.2, [0.2, 0.3, 0.5]), [(0, 0.04), (0.2, 0.26), (0.5, 0.6)]),
+    ((2, -0.2, None), [(0, 0), (0.5, 0.5)]),
+    ((2, 1.5, None), [(0, 0.5), (0.5, 1)]),
+    ((2, 1, [0.4, 0.1]), [(0, 0.5), (0.5, 1)]),
+    ((2, 1, [0.7, 0.6]), [(0, 0.5), (0.5, 1)]),
+    ((4, 1, [0.4, 0.4, 0.2]), [(0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1)]),
+    ((2, 1, [0.4, 0.5999]), [(0, 0.4), (0.4, 0.9999)]),
+]
+
+EVEN = [(0, 0.5), (0.5, 1)]
+REDUCED = [(0, 0.25), (0.5, 0.75)]
+# section "chooseVariation": [name, n, ranges, expected]
+CHOOSE_VECTORS = [
+    (0.2, EVEN, 0), (0.4, EVEN, 0), (0.6, EVEN, 1), (0.8, EVEN, 1), (0, EVEN, 0), (0.5, EVEN, 1),
+    (0.2, REDUCED, 0), (0.4, REDUCED, -1), (0.6, REDUCED, 1), (0.8, REDUCED, -1), (0.25, REDUCED, -1),
+    (0.5, REDUCED, 1), (0.5, [(0, 0.5), (0.5, 0.5), (0.5, 1)], 2),
+]
+
+
+def test_fnv1a32_reference_values():
+    # Landon Curt Noll's FNV-1a 32-bit test values
+    assert fnv1a32("") == 0x811C9DC5
+    assert fnv1a32("a") == 0xE40C292C
+    assert fnv1a32("foobar") == 0xBF9CF968
+
+
+@pytest.mark.parametrize("seed,value,version,expected", HASH_VECTORS)
+def test_growthbook_hash_vectors(seed, value, version, expected):
+    assert gb_hash(seed, value, version) == expected
+
+
+@pytest.mark.parametrize("args,expected", BUCKET_VECTORS)
+def test_growthbook_bucket_range_vectors(args, expected):
+    got = bucket_ranges(*args)
+    assert len(got) == len(expected)
+    for (lo, hi), (elo, ehi) in zip(got, expected, strict=True):
+        assert lo == pytest.approx(elo, abs=1e-9) and hi == pytest.approx(ehi, abs=1e-9)
+
+
+@pytest.mark.parametrize("n,ranges,expected", CHOOSE_VECTORS)
+def test_growthbook_choose_variation_vectors(n, ranges, expected):
+    assert choose_variation(n, ranges) == expected
+
+
+def _exp(**kw) -> Experiment:
+    base = dict(key="exp1", seed="s1", variants=[Variant(name="control", weight=0.5, bundle=Path("a")),
+                                                 Variant(name="scoter", weight=0.5, bundle=Path("b"))])
+    base.update(kw)
+    return Experiment(**base)
+
+
+def test_assignment_is_sticky_and_follows_weights():
+    exp = _exp(variants=[Variant(name="control", weight=0.2, bundle=Path("a")),
+                         Variant(name="scoter", weight=0.8, bundle=Path("b"))])
+    users = [f"user{i}" for i in range(20000)]
+    first = [assign(exp, u).variant for u in users]
+    assert first == [assign(exp, u).variant for u in users]  # deterministic
+    share = Counter(first)["scoter"] / len(users)
+    assert 0.78 < share < 0.82
+    # same as GrowthBook's own arithmetic for one user
+    n = gb_hash("s1", "user7", 2)
+    assert first[7] == ("control" if n < 0.2 else "scoter")
+
+
+def test_coverage_and_stopped_experiments_serve_control_without_exposure():
+    partial = _exp(coverage=0.3)
+    results = [assign(partial, f"u{i}") for i in range(5000)]
+    inside = sum(r.in_experiment for r in results) / len(results)
+    assert 0.27 < inside < 0.33
+    assert all(r.variant == "control" for r in results if not r.in_experiment)
+    stopped = _exp(status="stopped")
+    assert {assign(stopped, f"u{i}").variant for i in range(200)} == {"control"}
+    assert not any(assign(stopped, f"u{i}").in_experiment for i in range(200))
+
+
+def test_config_load_resolves_paths_and_versions(tmp_path: Path):
+    body = {"experiments": [{"key": "e", "seed": "x", "variants": [
+        {"name": "control", "weight": 0.5, "bundle": "bundles/a"},
+        {"name": "scoter", "weight": 0.5, "bundle": "/abs/b"}]}]}
+    f = tmp_path / "exp.json"
+    f.write_text(json.dumps(body))
+    loaded = load_config(f)
+    assert loaded.config.bundle_paths() == {"control": (tmp_path / "bundles/a").resolve(), "scoter": Path("/abs/b")}
+    f.write_text(json.dumps(body) + "\n")
+    assert load_config(f).version != loaded.version  # version = hash of the file bytes
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda e: e["experiments"][0]["variants"][0].update(weight=0.9), "variants"),
+    (lambda e: e["experiments"].append({**e["experiments"][0], "key": "other"}), "more than one running"),
+    (lambda e: e["experiments"][0].update(coverage=2), "coverage"),
+    (lambda e: e["experiments"][0]["variants"][1].update(name="control"), "duplicate"),
+])
+def test_bad_config_names_the_problem(tmp_path: Path, mutate, field):
+    body = {"experiments": [{"key": "e", "variants": [
+        {"name": "control", "weight": 0.5, "bundle": "a"}, {"name": "scoter", "weight": 0.5, "bundle": "b"}]}]}
+    mutate(body)
+    f = tmp_path / "exp.yaml"
+    f.write_text(json.dumps(body))  # JSON is valid YAML
+    with pytest.raises(ValueError, match=field):
+        load_config(f)
+
+
+def test_example_config_is_valid():
+    loaded = load_config(Path(__file__).resolve().parents[2] / "experiments.example.yaml")
+    exp = loaded.config.active
+    assert exp.status == "running" and [v.name for v in exp.variants] == ["tiger", "scoter"]
+    assert all(p.is_absolute() for p in loaded.config.bundle_paths().values())
