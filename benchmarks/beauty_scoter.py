@@ -42,6 +42,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--patience", type=int, default=None)
+    ap.add_argument("--warmup-steps", type=int, default=None)
     ap.add_argument("--eval-users", type=int, default=None)
     ap.add_argument("--time-budget", type=float, default=None, help="seconds per training run")
     ap.add_argument("--threads", type=int, default=1)
@@ -54,7 +55,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
 
 def run_config(args: argparse.Namespace, backbone: str, out: Path, **updates: Any) -> ScoterRunConfig:
     train: dict[str, Any] = {"num_threads": args.threads}
-    for key in ("epochs", "batch_size", "lr", "patience", "eval_users"):
+    for key in ("epochs", "batch_size", "lr", "patience", "eval_users", "warmup_steps"):
         if getattr(args, key) is not None:
             train[key] = getattr(args, key)
     if args.time_budget is not None:
@@ -88,10 +89,13 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 def targets(doc: dict[str, Any]) -> dict[str, bool]:
     """The issue's acceptance targets on the test split."""
     g, a = doc.get("gain_h_present", {}), doc.get("gain_h_absent", {})
-    return {"recall@10_gain_ge_10pct": g.get("recall@10", -1) >= 0.10,
-            "ndcg@10_gain_ge_10pct": g.get("ndcg@10", -1) >= 0.10,
-            "h_absent_recall@10_ge_-2pct": a.get("recall@10", -1) >= -0.02,
-            "h_absent_ndcg@10_ge_-2pct": a.get("ndcg@10", -1) >= -0.02}
+    def at_least(d: dict[str, Any], key: str, bound: float) -> bool:
+        return d.get(key) is not None and d[key] >= bound
+
+    return {"recall@10_gain_ge_10pct": at_least(g, "recall@10", 0.10),
+            "ndcg@10_gain_ge_10pct": at_least(g, "ndcg@10", 0.10),
+            "h_absent_recall@10_ge_-2pct": at_least(a, "recall@10", -0.02),
+            "h_absent_ndcg@10_ge_-2pct": at_least(a, "ndcg@10", -0.02)}
 
 
 def main() -> int:

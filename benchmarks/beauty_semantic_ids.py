@@ -24,7 +24,7 @@ import torch
 
 from offline.data import load_benchmark
 from offline.embeddings import EmbeddingConfig, ItemEmbedder
-from offline.semantic_ids import SemanticIdConfig, build_semantic_ids
+from offline.semantic_ids import SemanticIdConfig, atomic_output, build_semantic_ids
 from offline.trie import PrefixTrie
 from scoter.paths import REPO_ROOT, artifacts_root
 
@@ -75,9 +75,8 @@ def main() -> int:
     embedder = ItemEmbedder(EmbeddingConfig())
     emb = embedder.encode_items(ds)
     embed_s = time.perf_counter() - t0
-    tmp = art / "item_embeddings.npy.tmp.npy"
-    np.save(tmp, emb)
-    tmp.replace(art / "item_embeddings.npy")
+    with atomic_output(art / "item_embeddings.npy") as tmp:
+        np.save(tmp, emb)
 
     result: dict = {
         "benchmark": "beauty_semantic_ids",
@@ -129,9 +128,8 @@ def main() -> int:
             json.dumps({k: result["methods"][method][k] for k in ("collision_rate", "seconds")}),
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    tmp_out.replace(args.out)
+    with atomic_output(args.out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 

@@ -110,6 +110,7 @@ def server_stats(url: str) -> dict:
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
     reasoning: dict[str, float] = {}
+    errors: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if s.name in ("scoter_stage_seconds_sum", "scoter_stage_seconds_count"):
@@ -119,11 +120,14 @@ def server_stats(url: str) -> dict:
             elif s.name in ("scoter_batch_size_sum", "scoter_batch_size_count"):
                 key = "batch_size"
                 (sums if s.name.endswith("_sum") else counts)[key] = s.value
+            elif s.name == "scoter_errors_total":
+                errors[s.labels["kind"]] = errors.get(s.labels["kind"], 0) + s.value
             elif s.name == "scoter_reasoning_total":
                 reasoning[s.labels["status"]] = reasoning.get(s.labels["status"], 0) + s.value
     means = {f"mean_{k}_ms" if k != "batch_size" else "mean_batch_size":
              (sums[k] / counts[k] * (1000 if k != "batch_size" else 1)) if counts.get(k) else None for k in sums}
-    return {**{k: (round(v, 3) if v is not None else None) for k, v in means.items()}, "reasoning": reasoning}
+    return {**{k: (round(v, 3) if v is not None else None) for k, v in means.items()}, "reasoning": reasoning,
+            "errors": errors}
 
 
 def summarize(latencies: list[float], codes: dict[int, int], wall: float) -> dict:

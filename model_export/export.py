@@ -22,7 +22,14 @@ import onnx
 import torch
 from pydantic import BaseModel, Field
 
-from scoter.bundle import SCHEMA_VERSION, Manifest, atomic_bundle_dir, finalize_manifest, sha256_file, write_items
+from scoter.bundle import (
+    SCHEMA_VERSION,
+    Manifest,
+    atomic_bundle_dir,
+    finalize_manifest,
+    sha256_file,
+    write_items,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +108,13 @@ def export_onnx(src: RankingSource, path: Path, config: ExportConfig) -> dict[st
     length = torch.export.Dim("history_len", min=1, max=src.max_history)
     dynamic = ({0: batch, 1: length}, {0: batch, 1: length}, {0: batch}, {0: batch})
     start = time.perf_counter()
+    for noisy in ("onnxscript", "onnx_ir"):  # their INFO lines drown the progress log
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    log.info("tracing %s with torch.export (dynamic batch, history length 1..%d)", src.backbone, src.max_history)
     with torch.no_grad():
         program = torch.onnx.export(
             module, inputs, dynamo=True, dynamic_shapes=dynamic, opset_version=config.opset,
-            input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, verbose=False,
+            input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, verbose=False, report=False,
             custom_translation_table=custom_translations(),
         )
     program.save(str(path), external_data=False)

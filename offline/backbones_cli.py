@@ -9,9 +9,19 @@ from pathlib import Path
 from typing import Any
 
 _TRAIN_FLAGS: tuple[tuple[str, type], ...] = (
-    ("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float), ("warmup-steps", int),
-    ("patience", int), ("beam", int), ("eval-users", int), ("eval-every", int), ("eval-batch", int),
-    ("seed", int), ("threads", int), ("time-budget", float),
+    ("epochs", int),
+    ("batch-size", int),
+    ("lr", float),
+    ("weight-decay", float),
+    ("warmup-steps", int),
+    ("patience", int),
+    ("beam", int),
+    ("eval-users", int),
+    ("eval-every", int),
+    ("eval-batch", int),
+    ("seed", int),
+    ("threads", int),
+    ("time-budget", float),
 )
 
 
@@ -28,12 +38,14 @@ def _train(args: argparse.Namespace) -> int:
             overrides[key] = value
     if args.max_users is not None:
         overrides["max_users"] = args.max_users
+    if args.schedule is not None:
+        overrides["schedule"] = args.schedule
     cfg = TrainConfig.for_backbone(args.backbone, **overrides)
     model_cfg = json.loads(args.model_config) if args.model_config else None
     codes = SemanticIds.load(args.codes or default_codes_path(args.dataset))
     splits = Splits.load(args.dataset, max_users=cfg.max_users, root=args.data_root)
     out = args.out or Path("artifacts") / args.dataset / args.backbone
-    trainer = Trainer(args.backbone, splits, codes, out, cfg, model_cfg, device=args.device)
+    trainer = Trainer(args.backbone, splits, codes, out, cfg, model_cfg, device=args.device, init_from=args.init_from)
     trainer.fit()
     if not args.no_final_eval:
         metrics = trainer.final_evaluation(args.result)
@@ -63,8 +75,12 @@ def _rank(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="beauty", help="benchmark folder under the data root")
     p.add_argument("--data-root", type=Path, default=None, help="default: $SCOTER_DATA_DIR or ../shared/data")
-    p.add_argument("--codes", type=Path, default=None,
-                   help="semantic IDs .npz (default: artifacts/<dataset>/semantic_ids_rqvae.npz)")
+    p.add_argument(
+        "--codes",
+        type=Path,
+        default=None,
+        help="semantic IDs .npz (default: artifacts/<dataset>/semantic_ids_rqvae.npz)",
+    )
     p.add_argument("--max-users", type=int, default=None, help="use only the first N users")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
 
@@ -75,10 +91,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for backbone in ("tiger", "hstu"):
         p = train.add_parser(backbone, help=f"train the {backbone.upper()} generative backbone (resumable)")
         _common(p)
-        p.add_argument("--out", type=Path, default=None, help="run folder (default: artifacts/<dataset>/<backbone>)")
+        p.add_argument(
+            "--out", type=Path, default=None, help="run folder (default: artifacts/<dataset>/<backbone>)"
+        )
         p.add_argument("--model-config", default=None, help="JSON overrides of the backbone config")
         p.add_argument("--result", type=Path, default=None, help="results JSON (default: <out>/result.json)")
         p.add_argument("--no-final-eval", action="store_true", help="skip the full valid/test evaluation")
+        p.add_argument("--init-from", type=Path, default=None,
+                       help="weights-only checkpoint to start from when --out has no last.pt")
+        p.add_argument("--schedule", choices=["constant", "cosine"], default=None)
         for flag, typ in _TRAIN_FLAGS:
             p.add_argument(f"--{flag}", type=typ, default=None)
         p.set_defaults(func=_train, backbone=backbone)

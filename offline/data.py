@@ -311,12 +311,12 @@ def _parse_time(series, path: Path, col: str) -> np.ndarray:
         return num.to_numpy(dtype=np.float64)
     parsed = pd.to_datetime(series, errors="coerce", utc=True, format="mixed")
     bad = parsed.isna().to_numpy()
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise ValueError(
-            f"{_row_label(path, row)}: field {col!r}: {series.iloc[row]!r} is neither a number nor a date"
-        )
-    return parsed.astype("int64").to_numpy().astype(np.float64)
+    if not bad.any():
+        return parsed.astype("int64").to_numpy().astype(np.float64)
+    neither = bad & num.isna().to_numpy()
+    row = int(np.flatnonzero(neither if neither.any() else bad)[0])
+    what = "is neither a number nor a date" if neither.any() else "mixes numbers and dates in one column"
+    raise ValueError(f"{_row_label(path, row)}: field {col!r}: {series.iloc[row]!r} {what}")
 
 
 def k_core_filter(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:

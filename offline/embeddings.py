@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from offline.semantic_ids import atomic_output
 from scoter.paths import cache_root
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -79,19 +78,6 @@ def texts_key(model_id: str, texts: Sequence[str], normalize: bool) -> str:
     return h.hexdigest()
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves a half-written cache entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class ItemEmbedder:
     """Encodes item texts to float32 [n, dim]; reuses the on-disk cache when model and texts are unchanged."""
 
@@ -140,7 +126,8 @@ class ItemEmbedder:
             normalize_embeddings=self.config.normalize,
         ).astype(np.float32, copy=False)
         if self.config.use_cache:
-            _atomic_save_npy(path, emb)
+            with atomic_output(path) as tmp:
+                np.save(tmp, emb)
             log.info("embeddings cached at %s", path)
         return emb
 

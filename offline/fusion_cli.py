@@ -9,9 +9,19 @@ from pathlib import Path
 from typing import Any
 
 _TRAIN_FLAGS: tuple[tuple[str, type], ...] = (
-    ("epochs", int), ("batch-size", int), ("lr", float), ("weight-decay", float), ("warmup-steps", int),
-    ("patience", int), ("beam", int), ("eval-users", int), ("eval-every", int), ("eval-batch", int),
-    ("seed", int), ("threads", int), ("time-budget", float),
+    ("epochs", int),
+    ("batch-size", int),
+    ("lr", float),
+    ("weight-decay", float),
+    ("warmup-steps", int),
+    ("patience", int),
+    ("beam", int),
+    ("eval-users", int),
+    ("eval-every", int),
+    ("eval-batch", int),
+    ("seed", int),
+    ("threads", int),
+    ("time-budget", float),
 )
 _RENAME = {"threads": "num_threads", "time-budget": "time_budget_s"}
 
@@ -35,11 +45,21 @@ def run_config_from_args(args: argparse.Namespace, ablation: str = "full") -> An
     if args.contrastive_weight is not None:
         fusion["contrastive_weight"] = args.contrastive_weight
     return ScoterRunConfig(
-        backbone=args.backbone, dataset=args.dataset, data_root=args.data_root, max_users=args.max_users,
-        codes_path=args.codes, reasoning_dir=args.reasoning, dev_steps=args.dev_steps,
-        backbone_config=model_cfg, fusion=fusion, ablation=ablation,
-        train=TrainConfig.for_backbone(args.backbone, **overrides), out_dir=args.out, baseline_dir=args.baseline,
-        init_from_baseline=args.init_from_baseline, device=args.device,
+        backbone=args.backbone,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        max_users=args.max_users,
+        codes_path=args.codes,
+        reasoning_dir=args.reasoning,
+        dev_steps=args.dev_steps,
+        backbone_config=model_cfg,
+        fusion=fusion,
+        ablation=ablation,
+        train=TrainConfig.for_backbone(args.backbone, **overrides),
+        out_dir=args.out,
+        baseline_dir=args.baseline,
+        init_from_baseline=args.init_from_baseline,
+        device=args.device,
     )
 
 
@@ -65,16 +85,30 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", choices=["tiger", "hstu"], required=True)
     p.add_argument("--dataset", default="beauty", help="benchmark folder under the data root")
     p.add_argument("--data-root", type=Path, default=None, help="default: $SCOTER_DATA_DIR or ../shared/data")
-    p.add_argument("--codes", type=Path, default=None,
-                   help="semantic IDs .npz (default: artifacts/<dataset>/semantic_ids_rqvae.npz)")
-    p.add_argument("--reasoning", type=Path, default=None,
-                   help="folder with H_{train,valid,test}.npy from `scoter reason`; omitted = the history_text "
-                        "development stand-in (training-only signal, not the student's H)")
+    p.add_argument(
+        "--codes",
+        type=Path,
+        default=None,
+        help="semantic IDs .npz (default: artifacts/<dataset>/semantic_ids_rqvae.npz)",
+    )
+    p.add_argument(
+        "--reasoning",
+        type=Path,
+        default=None,
+        help="folder with H_{train,valid,test}.npy from `scoter reason`; omitted = the history_text "
+        "development stand-in (training-only signal, not the student's H)",
+    )
     p.add_argument("--dev-steps", type=int, default=4, help="K of the history_text stand-in")
     p.add_argument("--max-users", type=int, default=None, help="use only the first N users")
-    p.add_argument("--out", type=Path, default=None, help="run folder (default: artifacts/<dataset>/scoter-<bb>)")
-    p.add_argument("--baseline", type=Path, default=None,
-                   help="plain backbone run folder (default: <out>/baseline; trained if missing)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="run folder (default: artifacts/<dataset>/scoter-<bb>)"
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="plain backbone run folder (default: <out>/baseline; trained if missing)",
+    )
     p.add_argument("--init-from-baseline", action="store_true", help="warm-start from the baseline's best.pt")
     p.add_argument("--model-config", default=None, help="JSON overrides of the backbone config")
     p.add_argument("--fusion-config", default=None, help="JSON overrides of FusionConfig")
@@ -85,14 +119,23 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 # Kept in sync with offline.fusion.ABLATIONS (a test checks it); duplicated so `register` never imports torch.
-ABLATION_NAMES = ("full", "no_position", "no_contrastive", "no_position_no_contrastive", "single_vector", "mean",
-                  "last")
+ABLATION_NAMES = (
+    "full",
+    "no_position",
+    "no_contrastive",
+    "no_position_no_contrastive",
+    "single_vector",
+    "mean",
+    "last",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Register `train scoter` and `ablate`."""
     train = _get_or_add(subparsers, "train", "train a model")
-    p = train.add_parser("scoter", help="train SCoTER (backbone + reasoning fusion) and compare with the backbone")
+    p = train.add_parser(
+        "scoter", help="train SCoTER (backbone + reasoning fusion) and compare with the backbone"
+    )
     add_run_args(p)
     p.add_argument("--ablation", choices=ABLATION_NAMES, default="full")
     p.add_argument("--no-baseline", action="store_true", help="skip training/evaluating the plain backbone")

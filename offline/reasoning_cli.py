@@ -18,12 +18,18 @@ def _default_out(dataset: str) -> Path:
 def _llm(args: argparse.Namespace, out: Path):  # noqa: ANN202
     from offline.reasoning.llm import build_llm
 
-    cache = None if args.no_cache else (Path(args.cache) if args.cache else cache_root() / "llm" / "responses.jsonl")
+    cache = (
+        None
+        if args.no_cache
+        else (Path(args.cache) if args.cache else cache_root() / "llm" / "responses.jsonl")
+    )
     return build_llm(args.llm, cache_path=cache)
 
 
 def _add_llm_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--llm", default="local", help="'local', 'local:PATH[::FILE.gguf]' or http://host:port/v1[#model]")
+    p.add_argument(
+        "--llm", default="local", help="'local', 'local:PATH[::FILE.gguf]' or http://host:port/v1[#model]"
+    )
     p.add_argument("--cache", default=None, help="JSONL response cache (default .cache/llm/responses.jsonl)")
     p.add_argument("--no-cache", action="store_true")
 
@@ -33,8 +39,13 @@ def cmd_discover(args: argparse.Namespace) -> int:
     from offline.reasoning.config import GVMConfig
     from offline.reasoning.gvm import run_gvm
 
-    cfg = GVMConfig(dataset=args.dataset, users=args.users, seed=args.seed, samples_per_user=args.samples_per_user,
-                    max_tokens=args.max_tokens)
+    cfg = GVMConfig(
+        dataset=args.dataset,
+        users=args.users,
+        seed=args.seed,
+        samples_per_user=args.samples_per_user,
+        max_tokens=args.max_tokens,
+    )
     out = Path(args.out or _default_out(args.dataset) / "gvm")
     report = run_gvm(cfg, _llm(args, out), corpus.load(args.dataset), out)
     print(f"template ({report['template_source']}): {' -> '.join(report['template'])}; artifacts in {out}")
@@ -54,8 +65,13 @@ def cmd_distill(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     gvm_dir = Path(args.gvm_dir) if args.gvm_dir else out / "gvm"
     steps = load_template(args.template, gvm_dir)
-    dcfg = DistillConfig(dataset=args.dataset, template=args.template, teacher_users=args.teacher_users,
-                         teacher_mode=args.teacher_mode, oracle=args.oracle)
+    dcfg = DistillConfig(
+        dataset=args.dataset,
+        template=args.template,
+        teacher_users=args.teacher_users,
+        teacher_mode=args.teacher_mode,
+        oracle=args.oracle,
+    )
     ds = corpus.load(args.dataset)
     teacher = pipeline.run_teacher(_llm(args, out), ds, steps, dcfg, out)
     ecfg = EncoderStudentConfig(epochs=args.epochs)
@@ -64,7 +80,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     extra = {"teacher": teacher["report"], "encoder_student": srep, "precompute": prep}
     if args.lora_users > 0:
         lcfg = LoraStudentConfig(steps=args.lora_steps, max_seconds=args.lora_seconds)
-        extra["lora_student"] = pipeline.run_lora_student(ds, teacher, lcfg, dcfg, out, sample_users=args.lora_users)
+        extra["lora_student"] = pipeline.run_lora_student(
+            ds, teacher, lcfg, dcfg, out, sample_users=args.lora_users
+        )
     pipeline.write_meta(out, ds, steps, {"template_name": args.template})
     write_json(out / "distill_report.json", extra)
     print(f"H arrays in {out}")
@@ -104,8 +122,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from offline.reasoning.config import PublishConfig
     from offline.reasoning.publish import connect, load_h_dir, publish
 
-    cfg = PublishConfig(reasoning_version=args.reasoning_version, redis_url=args.redis_url, split=args.split,
-                        batch_size=args.batch_size, dtype=args.dtype)
+    cfg = PublishConfig(
+        reasoning_version=args.reasoning_version,
+        redis_url=args.redis_url,
+        split=args.split,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+    )
     h, present, ids = load_h_dir(Path(args.h), cfg.split)
     histories = None
     dataset = args.dataset
@@ -118,7 +141,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
         by_user = {u: s for u, s in zip(ds.user_ids, ds.sequences, strict=True)}
         missing = [u for u in ids if u not in by_user]
         if missing:
-            raise ValueError(f"user_ids.json: {len(missing)} users not in dataset {dataset} (e.g. {missing[0]!r})")
+            raise ValueError(
+                f"user_ids.json: {len(missing)} users not in dataset {dataset} (e.g. {missing[0]!r})"
+            )
         histories = [[ext[i - 1] for i in corpus.history(by_user[u], cfg.split)] for u in ids]
     client, where = connect(cfg.redis_url)
     report = publish(client, h, present, ids, cfg, histories=histories)
@@ -153,14 +178,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = rs.add_parser("distill", help="teacher chains -> students -> H_{train,valid,test}.npy")
     p.add_argument("--dataset", default="beauty")
-    p.add_argument("--template", default="discovered",
-                   help="discovered (needs the GVM output) | two_step | three_step | five_step | beauty_paper")
+    p.add_argument(
+        "--template",
+        default="discovered",
+        help="discovered (needs the GVM output) | two_step | three_step | five_step | beauty_paper",
+    )
     p.add_argument("--gvm-dir", default=None)
     p.add_argument("--teacher-users", type=int, default=128)
     p.add_argument("--teacher-mode", choices=["scaffold", "free"], default="scaffold")
     p.add_argument("--oracle", action="store_true", help="R2END oracle teacher (target seq[-3] only)")
     p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--lora-users", type=int, default=0, help="users the LoRA student writes chains for (0 = skip)")
+    p.add_argument(
+        "--lora-users", type=int, default=0, help="users the LoRA student writes chains for (0 = skip)"
+    )
     p.add_argument("--lora-steps", type=int, default=60)
     p.add_argument("--lora-seconds", type=float, default=None)
     p.add_argument("--out", default=None, help="default artifacts/<dataset>/reasoning")

@@ -100,10 +100,10 @@ class RQVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, batch_size: int = 8192) -> np.ndarray:
-        """Code tuples [n, L] for inputs [n, in_dim] (eval mode, no gradients)."""
+        """Code tuples [n, L] for raw (unscaled) inputs [n, in_dim] (eval mode, no gradients)."""
         self.eval()
         out = [
-            self.quantizer(self.encoder(x[i : i + batch_size]), self.beta)[1]
+            self.quantizer(self.encoder(self.scale(x[i : i + batch_size])), self.beta)[1]
             for i in range(0, len(x), batch_size)
         ]
         return torch.cat(out).cpu().numpy().astype(np.int64)
@@ -207,8 +207,8 @@ def train_rqvae(embeddings: np.ndarray, config: SemanticIdConfig) -> tuple[RQVAE
                 history.append(
                     {"epoch": epoch, "recon": tot_rec / n, "vq": tot_vq / n, "collision_rate": rate}
                 )
-                # only checkpoints after resets stop are eligible, so the kept codebooks are settled
-                if epoch >= reset_stop and (best is None or rate < best[0]):
+                # codes are measured on the model as it is now (after any reset), so every checkpoint is eligible
+                if best is None or rate < best[0]:
                     best = (rate, epoch, copy.deepcopy(model.state_dict()))
                 elapsed = time.perf_counter() - t0
                 log.info(
@@ -224,7 +224,7 @@ def train_rqvae(embeddings: np.ndarray, config: SemanticIdConfig) -> tuple[RQVAE
                     epoch / elapsed,
                     (config.epochs - epoch) * elapsed / epoch,
                 )
-        assert best is not None  # the last epoch is always evaluated and >= reset_stop
+        assert best is not None  # the last epoch is always evaluated
         model.load_state_dict(best[2])
         codes = model.encode(x)
         extra = {

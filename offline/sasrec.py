@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -258,8 +259,9 @@ def _device(name: str) -> torch.device:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """Config fields that must match to resume (threads and device may change between runs)."""
-    return {k: v for k, v in config.items() if k not in ("threads", "device")}
+    """Config fields that must match to resume: all but how long to run and where (epochs, patience, threads,
+    device), so a stopped run can be extended or moved between CPU and GPU."""
+    return {k: v for k, v in config.items() if k not in ("epochs", "patience", "threads", "device")}
 
 
 def load_sasrec(path: Path | str, device: torch.device | str = "cpu") -> tuple[SasrecModel, dict[str, Any]]:
@@ -278,7 +280,7 @@ def evaluate_checkpoint(path: Path | str, data: DataConfig | None = None) -> dic
     """Re-evaluate a saved checkpoint on its own dataset (or `data`), checking the data checksum matches."""
     model, ck = load_sasrec(path)
     config = SasrecConfig.model_validate(ck["config"])
-    torch.set_num_threads(config.threads)
+    torch.set_num_threads(min(config.threads, os.cpu_count() or 1))
     data = data or config.data
     dataset = data.load()
     if dataset.checksum != ck["data_checksum"]:

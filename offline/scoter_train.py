@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from offline.backbones.base import GenerativeBackbone
 from offline.backbones.beam_search import recommend
 from offline.backbones.config import TrainConfig
-from offline.backbones.train import BEST, LAST, Splits, Trainer, _lr_lambda, build_model, default_codes_path
+from offline.backbones.train import BEST, LAST, Splits, Trainer, build_model, default_codes_path, lr_factor
 from offline.data import Dataset, LeaveOneOut
 from offline.evaluation import rank_metrics, subgroup_metrics, write_result
 from offline.fusion import ABLATIONS, FusionConfig, ReasoningFusion
@@ -77,7 +77,9 @@ def _rows_for_users(folder: Path, user_ids: list[str], n_rows: int) -> np.ndarra
         where = {str(u): i for i, u in enumerate(stored)}
         return np.array([where.get(str(u), -1) for u in user_ids], dtype=np.int64)
     if n_rows < len(user_ids):
-        raise ValueError(f"{folder}: H files have {n_rows} rows for {len(user_ids)} users and no user_ids.json")
+        raise ValueError(
+            f"{folder}: H files have {n_rows} rows for {len(user_ids)} users and no user_ids.json"
+        )
     return np.arange(len(user_ids), dtype=np.int64)
 
 
@@ -109,8 +111,10 @@ def load_reasoning(folder: Path | str, user_ids: list[str], source: str | None =
         pres[found] = p[rows[found]]
         bad = pres & ~np.isfinite(out).all(axis=(1, 2))
         if bad.any():
-            raise ValueError(f"{path}: non-finite H for {int(bad.sum())} users marked present (first row "
-                             f"{int(rows[np.argmax(bad)])})")
+            raise ValueError(
+                f"{path}: non-finite H for {int(bad.sum())} users marked present (first row "
+                f"{int(rows[np.argmax(bad)])})"
+            )
         H[split], present[split] = out, pres
     return ReasoningArrays(H, present, source or f"dir:{folder}")
 
@@ -130,15 +134,20 @@ def save_reasoning(folder: Path | str, arrays: ReasoningArrays, user_ids: list[s
         atomic(folder / f"H_{split}.npy", lambda f, s=split: np.save(f, arrays.H[s]))
         atomic(folder / f"present_{split}.npy", lambda f, s=split: np.save(f, arrays.present[s]))
     atomic(folder / "user_ids.json", lambda f: f.write(json.dumps(list(user_ids)).encode()))
-    atomic(folder / "meta.json", lambda f: f.write(json.dumps({"source": arrays.source, "K": arrays.K,
-                                                              "D": arrays.D}).encode()))
+    atomic(
+        folder / "meta.json",
+        lambda f: f.write(json.dumps({"source": arrays.source, "K": arrays.K, "D": arrays.D}).encode()),
+    )
 
 
 def next_item_table(train_sequences: list[np.ndarray], n_items: int) -> np.ndarray:
     """Most frequent successor of each item in the training parts only ([n_items + 1], 0 = none seen; ties go
     to the lower item index)."""
-    pairs = np.concatenate([np.stack([s[:-1], s[1:]], 1) for s in train_sequences if len(s) > 1]) \
-        if any(len(s) > 1 for s in train_sequences) else np.zeros((0, 2), np.int64)
+    pairs = (
+        np.concatenate([np.stack([s[:-1], s[1:]], 1) for s in train_sequences if len(s) > 1])
+        if any(len(s) > 1 for s in train_sequences)
+        else np.zeros((0, 2), np.int64)
+    )
     table = np.zeros(n_items + 1, np.int64)
     if len(pairs) == 0:
         return table
@@ -187,8 +196,11 @@ class HistoryTextReasoner:
         v = self.vec[hist]
         counts = onehot.sum(1)
         mean_all = (v * valid[..., None]).sum(1) / n.clamp(min=1)[:, None]
-        chunks = torch.where(counts[..., None] > 0, onehot.transpose(1, 2) @ v / counts.clamp(min=1)[..., None],
-                             mean_all[:, None])
+        chunks = torch.where(
+            counts[..., None] > 0,
+            onehot.transpose(1, 2) @ v / counts.clamp(min=1)[..., None],
+            mean_all[:, None],
+        )
         last = hist[:, -1]
         nxt = self.succ[last]
         return torch.cat([chunks, self.vec[torch.where(nxt > 0, nxt, last)][:, None]], dim=1)
@@ -200,7 +212,9 @@ def history_text_reasoning(
     """Arrays of the history_text stand-in for every split (train/valid: seq[:-2], test: seq[:-1], the reasoning
     pipeline's inputs) plus ``train_fn`` so training prefixes get H from their own prefix."""
     if item_vectors.shape[0] != dataset.n_items + 1:
-        raise ValueError(f"item_vectors: expected {dataset.n_items + 1} rows (row 0 = pad), got {item_vectors.shape[0]}")
+        raise ValueError(
+            f"item_vectors: expected {dataset.n_items + 1} rows (row 0 = pad), got {item_vectors.shape[0]}"
+        )
     loo = LeaveOneOut(dataset, max_len=max_len)
     fn = HistoryTextReasoner(item_vectors, next_item_table(loo.train_sequences(), dataset.n_items), steps)
     H: dict[str, np.ndarray] = {}
@@ -230,7 +244,7 @@ class ScoterTrainer(Trainer):
         device: str = "auto",
         init_from: Path | None = None,
     ) -> None:
-        self.fusion_cfg, self.reasoning, self.init_from = fusion_cfg, reasoning, init_from
+        self.fusion_cfg, self.reasoning = fusion_cfg, reasoning
         n_users = splits.dataset.n_users
         for s in SPLITS:
             if reasoning.H[s].shape[0] != n_users:
@@ -238,7 +252,8 @@ class ScoterTrainer(Trainer):
         if reasoning.D != fusion_cfg.reasoning_dim:
             raise ValueError(f"fusion.reasoning_dim: {fusion_cfg.reasoning_dim} but H has D={reasoning.D}")
         self._fusion_ready = False
-        super().__init__(backbone, splits, codes, out_dir, train_cfg, model_cfg, device)
+        # init_from: the backbones' Trainer loads a plain backbone's weights before the fusion is attached
+        super().__init__(backbone, splits, codes, out_dir, train_cfg, model_cfg, device, init_from=init_from)
         self._attach_fusion()
         user_of = LeaveOneOut(splits.dataset).train_user_of_examples()
         if len(user_of) != len(splits.train[1]):
@@ -249,8 +264,10 @@ class ScoterTrainer(Trainer):
         if self.train_fn is not None and hasattr(self.train_fn, "to"):
             self.train_fn = self.train_fn.to(self.device)
         if self.train_fn is None:
-            log.warning("training prefixes use the per-user H_train (input seq[:-2]): it saw every training "
-                        "target, which test-time H never does; per-prefix H avoids this mismatch")
+            log.warning(
+                "training prefixes use the per-user H_train (input seq[:-2]): it saw every training "
+                "target, which test-time H never does; per-prefix H avoids this mismatch"
+            )
         self.present = {s: torch.as_tensor(reasoning.present[s], device=self.device) for s in SPLITS}
 
     def _attach_fusion(self) -> None:
@@ -259,16 +276,11 @@ class ScoterTrainer(Trainer):
             return
         d = self.model.config.d_model
         if self.fusion_cfg.d_item != d:
-            raise ValueError(f"fusion.d_item: {self.fusion_cfg.d_item} but the {self.backbone} encoder width is {d}")
+            raise ValueError(
+                f"fusion.d_item: {self.fusion_cfg.d_item} but the {self.backbone} encoder width is {d}"
+            )
         self.model.fusion = ReasoningFusion(self.fusion_cfg).to(self.device)
-        if self.init_from is not None:  # warm start from a trained backbone (fusion stays freshly initialised)
-            state = load_checkpoint(self.init_from)
-            missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
-            if unexpected or any(not k.startswith("fusion.") for k in missing):
-                raise ValueError(f"{self.init_from}: not a {self.backbone} checkpoint of this architecture "
-                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(self.cfg.warmup_steps))
         self._fusion_ready = True
 
     def _resume(self) -> None:
@@ -280,15 +292,25 @@ class ScoterTrainer(Trainer):
         state.update(fusion_config=self.fusion_cfg.model_dump(), reasoning_source=self.reasoning.source)
         return state
 
-    def _train_epoch(self, hist: torch.Tensor, tgt: torch.Tensor, deadline: float | None) -> tuple[float, bool]:
+    def _train_epoch(
+        self, hist: torch.Tensor, tgt: torch.Tensor, deadline: float | None
+    ) -> tuple[float, bool]:
         self.model.train()
         n, bs = hist.shape[0], self.cfg.batch_size
+        n_batches = (n + bs - 1) // bs
         perm = torch.randperm(n).to(self.device)
         total, aux, batches, out_of_time = 0.0, 0.0, 0, False
-        bar = tqdm(range(0, n, bs), desc=f"scoter-{self.backbone} epoch {self.epoch + 1}", unit="batch",
-                   mininterval=5)
+        bar = tqdm(
+            range(0, n, bs),
+            desc=f"scoter-{self.backbone} epoch {self.epoch + 1}",
+            unit="batch",
+            mininterval=5,
+        )
         for start in bar:
             idx = perm[start : start + bs]
+            lr = self.cfg.lr * lr_factor(self.cfg, self.step, self._progress(self.t_start, n_batches))
+            for group in self.opt.param_groups:
+                group["lr"] = lr
             if self.train_fn is not None:  # H from the prefix itself
                 H = self.train_fn(hist[idx])
                 present = torch.ones(len(idx), dtype=torch.bool, device=self.device)
@@ -300,7 +322,6 @@ class ScoterTrainer(Trainer):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.opt.step()
-            self.sched.step()
             self.step += 1
             total += parts["ce"]
             aux += parts.get("aux", 0.0)
@@ -313,16 +334,26 @@ class ScoterTrainer(Trainer):
         bar.close()
         return total / max(batches, 1), out_of_time
 
-    def rank(self, split: str, rows: np.ndarray | None = None, with_h: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def rank(
+        self, split: str, rows: np.ndarray | None = None, with_h: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-beam items for valid/test rows, with H (as stored) or with every user's H removed."""
         hist, tgt = self.splits.valid if split == "valid" else self.splits.test
         rows = np.arange(len(tgt)) if rows is None else rows
-        H = self.H[split][torch.as_tensor(rows, device=self.device)]
-        present = self.present[split][torch.as_tensor(rows, device=self.device)]
+        sel = torch.as_tensor(rows, device=self.device)
+        H, present = self.H[split][sel].cpu(), self.present[split][sel].cpu()  # recommend() batches on host
         if not with_h:
             present = torch.zeros_like(present)
-        items, _ = recommend(self.model, hist[rows], self.cfg.beam, self.trie, beam=self.cfg.beam,
-                             batch_size=self.cfg.eval_batch, reasoning=H, present=present)
+        items, _ = recommend(
+            self.model,
+            hist[rows],
+            self.cfg.beam,
+            self.trie,
+            beam=self.cfg.beam,
+            batch_size=self.cfg.eval_batch,
+            reasoning=H,
+            present=present,
+        )
         return items, tgt[rows]
 
     def _evaluate_and_track(
@@ -333,13 +364,37 @@ class ScoterTrainer(Trainer):
         metrics = rank_metrics(items, tgt, ks=tuple(k for k in (5, 10, 20) if k <= self.cfg.beam))
         improved = self.stopper.step(metrics["recall@10"], self.epoch)
         if improved:
-            save_checkpoint(self.out / BEST, {"backbone": self.backbone, "model_config": self.model_cfg,
-                                              "fusion_config": self.fusion_cfg.model_dump(),
-                                              "model": self.model.state_dict(), "epoch": self.epoch})
-        self._log({"epoch": self.epoch, "partial": partial, "step": self.step, "loss": loss, "train_s": train_s,
-                   "eval_s": time.monotonic() - t0, "valid_subset": metrics, "best": self.stopper.best})
-        log.info("scoter-%s: epoch %d val(%d users, H present) recall@10 %.4f ndcg@10 %.4f%s", self.backbone,
-                 self.epoch, len(tgt), metrics["recall@10"], metrics["ndcg@10"], " (best)" if improved else "")
+            save_checkpoint(
+                self.out / BEST,
+                {
+                    "backbone": self.backbone,
+                    "model_config": self.model_cfg,
+                    "fusion_config": self.fusion_cfg.model_dump(),
+                    "model": self.model.state_dict(),
+                    "epoch": self.epoch,
+                },
+            )
+        self._log(
+            {
+                "epoch": self.epoch,
+                "partial": partial,
+                "step": self.step,
+                "loss": loss,
+                "train_s": train_s,
+                "eval_s": time.monotonic() - t0,
+                "valid_subset": metrics,
+                "best": self.stopper.best,
+            }
+        )
+        log.info(
+            "scoter-%s: epoch %d val(%d users, H present) recall@10 %.4f ndcg@10 %.4f%s",
+            self.backbone,
+            self.epoch,
+            len(tgt),
+            metrics["recall@10"],
+            metrics["ndcg@10"],
+            " (best)" if improved else "",
+        )
         self._save()
 
     def final_evaluation(self, result_path: Path | None = None, progress: bool = True) -> dict[str, Any]:
@@ -350,23 +405,43 @@ class ScoterTrainer(Trainer):
         loo = LeaveOneOut(self.splits.dataset)
         ks = tuple(k for k in (5, 10, 20) if k <= self.cfg.beam)
         metrics: dict[str, Any] = {}
-        for name, split, with_h in (("valid", "valid", True), ("test", "test", True),
-                                    ("test_h_absent", "test", False)):
+        for name, split, with_h in (
+            ("valid", "valid", True),
+            ("test", "test", True),
+            ("test_h_absent", "test", False),
+        ):
             items, tgt = self.rank(split, with_h=with_h)
             metrics[name] = rank_metrics(items, tgt, ks)
             if split == "test":
-                metrics[f"{name}_subgroups"] = subgroup_metrics(items, tgt, loo.sequence_lengths(),
-                                                                loo.train_item_counts(), ks)
-        log.info("scoter-%s final: test %s | H absent %s", self.backbone, json.dumps(metrics["test"]),
-                 json.dumps(metrics["test_h_absent"]))
-        write_result(result_path or self.out / "result.json", metrics,
-                     {"backbone": self.backbone, "model": self.model_cfg, "fusion": self.fusion_cfg.model_dump(),
-                      "train": self.cfg.model_dump(), "reasoning_source": self.reasoning.source},
-                     self.cfg.seed, self.splits.dataset, elapsed_s=time.monotonic() - t0,
-                     epochs_trained=self.epoch, best_epoch=self.stopper.best_epoch, device=str(self.device),
-                     reasoning_coverage=self.reasoning.coverage(),
-                     parameters=sum(p.numel() for p in self.model.parameters()),
-                     fusion_parameters=sum(p.numel() for p in self.model.fusion.parameters()))
+                metrics[f"{name}_subgroups"] = subgroup_metrics(
+                    items, tgt, loo.sequence_lengths(), loo.train_item_counts(), ks
+                )
+        log.info(
+            "scoter-%s final: test %s | H absent %s",
+            self.backbone,
+            json.dumps(metrics["test"]),
+            json.dumps(metrics["test_h_absent"]),
+        )
+        write_result(
+            result_path or self.out / "result.json",
+            metrics,
+            {
+                "backbone": self.backbone,
+                "model": self.model_cfg,
+                "fusion": self.fusion_cfg.model_dump(),
+                "train": self.cfg.model_dump(),
+                "reasoning_source": self.reasoning.source,
+            },
+            self.cfg.seed,
+            self.splits.dataset,
+            elapsed_s=time.monotonic() - t0,
+            epochs_trained=self.epoch,
+            best_epoch=self.stopper.best_epoch,
+            device=str(self.device),
+            reasoning_coverage=self.reasoning.coverage(),
+            parameters=sum(p.numel() for p in self.model.parameters()),
+            fusion_parameters=sum(p.numel() for p in self.model.fusion.parameters()),
+        )
         return metrics
 
 
@@ -392,7 +467,9 @@ class ScoterRunConfig(BaseModel):
     data_root: Path | None = None
     max_users: int | None = Field(None, gt=0)
     codes_path: Path | None = Field(None, description="default: artifacts/<dataset>/semantic_ids_rqvae.npz")
-    reasoning_dir: Path | None = Field(None, description="H_{split}.npy folder; None -> history_text stand-in")
+    reasoning_dir: Path | None = Field(
+        None, description="H_{split}.npy folder; None -> history_text stand-in"
+    )
     dev_steps: int = Field(4, ge=2, description="K of the history_text stand-in")
     backbone_config: dict[str, Any] | None = None
     fusion: dict[str, Any] = Field(default_factory=dict, description="FusionConfig overrides")
@@ -423,14 +500,16 @@ def item_text_vectors(dataset: Dataset) -> np.ndarray:
 def resolve_reasoning(cfg: ScoterRunConfig, dataset: Dataset) -> ReasoningArrays:
     if cfg.reasoning_dir is not None:
         return load_reasoning(cfg.reasoning_dir, dataset.user_ids)
-    log.warning("no reasoning_dir: using the history_text DEVELOPMENT stand-in (training-only signal), "
-                "not the reasoning pipeline's student H")
+    log.warning(
+        "no reasoning_dir: using the history_text DEVELOPMENT stand-in (training-only signal), "
+        "not the reasoning pipeline's student H"
+    )
     return history_text_reasoning(dataset, item_text_vectors(dataset), cfg.dev_steps)
 
 
-def relative(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
-    """Relative change of a over b per metric (0.1 = +10%)."""
-    return {k: (a[k] - b[k]) / b[k] if b.get(k) else float("nan") for k in a if k in b}
+def relative(a: dict[str, float], b: dict[str, float]) -> dict[str, float | None]:
+    """Relative change of a over b per metric (0.1 = +10%); None where b is 0 (undefined)."""
+    return {k: (a[k] - b[k]) / b[k] if b.get(k) else None for k in a if k in b}
 
 
 def baseline_dir(cfg: ScoterRunConfig) -> Path:
@@ -446,22 +525,39 @@ def run_baseline(cfg: ScoterRunConfig, splits: Splits, codes: SemanticIds) -> di
     if result.exists():
         doc = json.loads(result.read_text())
         if doc["dataset"]["checksum"] != splits.dataset.checksum:
-            raise ValueError(f"{result}: baseline was run on {doc['dataset']['name']}, not {splits.dataset.name}")
+            raise ValueError(
+                f"{result}: baseline was run on {doc['dataset']['name']}, not {splits.dataset.name}"
+            )
         return doc["metrics"]
     trainer = Trainer(cfg.backbone, splits, codes, out, cfg.train, cfg.backbone_config, device=cfg.device)
     trainer.fit()
     if (out / BEST).exists():
         trainer.model.load_state_dict(load_checkpoint(out / BEST)["model"])
     loo = LeaveOneOut(splits.dataset)
-    items, _ = recommend(trainer.model, splits.test[0], cfg.train.beam, trainer.trie, beam=cfg.train.beam,
-                         batch_size=cfg.train.eval_batch)
+    items, _ = recommend(
+        trainer.model,
+        splits.test[0],
+        cfg.train.beam,
+        trainer.trie,
+        beam=cfg.train.beam,
+        batch_size=cfg.train.eval_batch,
+    )
     ks = tuple(k for k in (5, 10, 20) if k <= cfg.train.beam)
-    metrics = {"test": rank_metrics(items, splits.test[1], ks),
-               "test_subgroups": subgroup_metrics(items, splits.test[1], loo.sequence_lengths(),
-                                                  loo.train_item_counts(), ks)}
-    write_result(result, metrics, {"backbone": cfg.backbone, "model": trainer.model_cfg,
-                                   "train": cfg.train.model_dump()}, cfg.train.seed, splits.dataset,
-                 epochs_trained=trainer.epoch, best_epoch=trainer.stopper.best_epoch)
+    metrics = {
+        "test": rank_metrics(items, splits.test[1], ks),
+        "test_subgroups": subgroup_metrics(
+            items, splits.test[1], loo.sequence_lengths(), loo.train_item_counts(), ks
+        ),
+    }
+    write_result(
+        result,
+        metrics,
+        {"backbone": cfg.backbone, "model": trainer.model_cfg, "train": cfg.train.model_dump()},
+        cfg.train.seed,
+        splits.dataset,
+        epochs_trained=trainer.epoch,
+        best_epoch=trainer.stopper.best_epoch,
+    )
     return metrics
 
 
@@ -475,17 +571,35 @@ def run_scoter(cfg: ScoterRunConfig, with_baseline: bool = True) -> dict[str, An
     d_item = build_model(cfg.backbone, codes.codes, codes.codebook_sizes, cfg.backbone_config).config.d_model
     fusion_cfg = cfg.fusion_config(reasoning.D, d_item)
     init = baseline_dir(cfg) / BEST if cfg.init_from_baseline else None
-    trainer = ScoterTrainer(cfg.backbone, splits, codes, out, cfg.train, fusion_cfg, reasoning,
-                            cfg.backbone_config, cfg.device, init_from=init)
+    trainer = ScoterTrainer(
+        cfg.backbone,
+        splits,
+        codes,
+        out,
+        cfg.train,
+        fusion_cfg,
+        reasoning,
+        cfg.backbone_config,
+        cfg.device,
+        init_from=init,
+    )
     trainer.fit()
     metrics = trainer.final_evaluation()
-    doc: dict[str, Any] = {"scoter_test": metrics["test"], "scoter_test_h_absent": metrics["test_h_absent"],
-                           "scoter_test_subgroups": metrics["test_subgroups"], "ablation": cfg.ablation,
-                           "reasoning_source": reasoning.source, "epochs_trained": trainer.epoch}
+    doc: dict[str, Any] = {
+        "scoter_test": metrics["test"],
+        "scoter_test_h_absent": metrics["test_h_absent"],
+        "scoter_test_subgroups": metrics["test_subgroups"],
+        "ablation": cfg.ablation,
+        "reasoning_source": reasoning.source,
+        "epochs_trained": trainer.epoch,
+    }
     if baseline is not None:
-        doc.update(backbone_test=baseline["test"], backbone_test_subgroups=baseline["test_subgroups"],
-                   gain_h_present=relative(metrics["test"], baseline["test"]),
-                   gain_h_absent=relative(metrics["test_h_absent"], baseline["test"]))
+        doc.update(
+            backbone_test=baseline["test"],
+            backbone_test_subgroups=baseline["test_subgroups"],
+            gain_h_present=relative(metrics["test"], baseline["test"]),
+            gain_h_absent=relative(metrics["test_h_absent"], baseline["test"]),
+        )
     write_result(out / "comparison.json", doc, cfg, cfg.train.seed, splits.dataset)
     return doc
 
@@ -499,8 +613,13 @@ def run_ablations(cfg: ScoterRunConfig, names: list[str] | None = None) -> dict[
     base_out = cfg.resolved_out()
     results = {}
     for name in names:
-        sub = cfg.model_copy(update={"ablation": name, "out_dir": base_out / f"ablation-{name}",
-                                     "baseline_dir": baseline_dir(cfg)})
+        sub = cfg.model_copy(
+            update={
+                "ablation": name,
+                "out_dir": base_out / f"ablation-{name}",
+                "baseline_dir": baseline_dir(cfg),
+            }
+        )
         log.info("ablation %s -> %s", name, sub.out_dir)
         results[name] = run_scoter(sub)
     return results

@@ -7,11 +7,13 @@ exactly one item. Quantisers collide (several items share a tuple); an appended 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +27,7 @@ SCHEMA_VERSION = 1
 
 
 class SemanticIdConfig(BaseModel):
-    """Quantiser settings; defaults follow the paper's Table 7 except the epoch count (20000 is days on 2 cores)."""
+    """Quantiser settings; defaults follow the paper's Table 7 except epochs (20000 ~ 15 h on one CPU core)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -43,14 +45,12 @@ class SemanticIdConfig(BaseModel):
     lr: float = Field(default=1e-3, gt=0.0)
     weight_decay: float = Field(default=1e-4, ge=0.0)
     batch_size: int = Field(default=1024, ge=1)
-    epochs: int = Field(
-        default=300, ge=1, description="paper: 20000; 300 gives full codebook usage on Beauty"
-    )
+    epochs: int = Field(default=50, ge=1, description="paper: 20000; ~1% collisions on Beauty by 25-50")
     kmeans_init: bool = True
     standardize: bool = Field(default=True, description="zero-mean unit-variance inputs (avoids collapse)")
     dead_code_reset: bool = Field(default=True, description="re-seed unused codes from live residuals")
-    reset_until: float = Field(default=0.8, ge=0.0, le=1.0, description="stop resetting after this fraction")
-    eval_every: int = Field(default=10, ge=1, description="epochs between collision checks (best kept)")
+    reset_until: float = Field(default=1.0, ge=0.0, le=1.0, description="stop resetting after this fraction")
+    eval_every: int = Field(default=5, ge=1, description="epochs between collision checks (best kept)")
     # RQ-KMeans
     kmeans_n_init: int = Field(default=1, ge=1)
     kmeans_max_iter: int = Field(default=100, ge=1)
@@ -186,23 +186,17 @@ class SemanticIds:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
         report_json = json.dumps(self.report, indent=2, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp.npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    codes=self.codes,
-                    codebook_sizes=np.asarray(self.codebook_sizes, dtype=np.int64),
-                    report=np.asarray(report_json),
-                    schema_version=np.asarray(SCHEMA_VERSION),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _atomic_write_text(path.with_suffix(".json"), report_json + "\n")
+        with atomic_output(path) as tmp:
+            np.savez(
+                tmp,
+                codes=self.codes,
+                codebook_sizes=np.asarray(self.codebook_sizes, dtype=np.int64),
+                report=np.asarray(report_json),
+                schema_version=np.asarray(SCHEMA_VERSION),
+            )
+        with atomic_output(path.with_suffix(".json")) as tmp:
+            tmp.write_text(report_json + "\n")
         return path
 
     @classmethod
@@ -226,15 +220,23 @@ class SemanticIds:
         return sid
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+@contextlib.contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path next to `path` (same suffix); on success chmod 644 and rename over `path`.
+
+    A crash or error leaves the old file (or none), never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        yield tmp
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------- quantisers

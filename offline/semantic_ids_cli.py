@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -32,15 +30,10 @@ def _load_dataset(args: argparse.Namespace):  # -> offline.data.Dataset
 def _save_npy_atomic(path: Path, array) -> None:
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from offline.semantic_ids import atomic_output
+
+    with atomic_output(path) as tmp:
+        np.save(tmp, array)
 
 
 def _embed_dataset(args: argparse.Namespace):  # -> np.ndarray
@@ -68,7 +61,13 @@ def _sid_build(args: argparse.Namespace) -> int:
     from offline.semantic_ids import SemanticIdConfig, build_semantic_ids
     from offline.trie import PrefixTrie
 
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
+    pairs = (
+        ("epochs", args.epochs),
+        ("seed", args.seed),
+        ("levels", args.levels),
+        ("codebook_size", args.codebook_size),
+    )
+    overrides = {k: v for k, v in pairs if v is not None}
     config = SemanticIdConfig(method=args.method, **overrides)
     if args.embeddings:
         emb = np.load(args.embeddings)
@@ -85,9 +84,10 @@ def _sid_build(args: argparse.Namespace) -> int:
     if args.method == "rqvae":
         import torch
 
-        tmp = out_dir / "rqvae.pt.tmp"
-        torch.save({"state_dict": model.state_dict(), "config": config.model_dump()}, tmp)
-        os.replace(tmp, out_dir / "rqvae.pt")
+        from offline.semantic_ids import atomic_output
+
+        with atomic_output(out_dir / "rqvae.pt") as tmp:
+            torch.save({"state_dict": model.state_dict(), "config": config.model_dump()}, tmp)
     r = sid.report
     print(f"wrote {path} and {trie_path} ({trie.nbytes / 2**20:.1f} MiB dense)")
     print(
@@ -133,6 +133,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--epochs", type=int, default=None, help="RQ-VAE epochs (default from SemanticIdConfig)")
     b.add_argument("--seed", type=int, default=None)
+    b.add_argument("--levels", type=int, default=None, help="codebooks (default 4)")
+    b.add_argument("--codebook-size", type=int, default=None, help="codes per level (default 256)")
     b.add_argument("--out", type=Path, default=None, help="output folder (default: artifacts/<dataset>)")
     b.set_defaults(func=_sid_build)
     s = sid_sub.add_parser("stats", help="print the report of a semantic_ids_*.npz")

@@ -13,8 +13,6 @@ This module is numpy-only; backbones/export turn the arrays into tensors.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,16 +127,11 @@ class PrefixTrie:
 
     def save(self, path: str | Path) -> Path:
         """np.savez to a temp file, then rename."""
+        from offline.semantic_ids import atomic_output
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp.npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **self.arrays())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_output(path) as tmp:
+            np.savez(tmp, **self.arrays())
         return path
 
     @classmethod

@@ -113,6 +113,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the service may run as another user
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -155,6 +156,7 @@ def atomic_bundle_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
         yield tmp
         if not (tmp / MANIFEST_NAME).is_file():
             raise BundleError(f"bundle in {tmp} has no {MANIFEST_NAME}; call finalize_manifest before leaving")

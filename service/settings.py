@@ -30,8 +30,8 @@ class ServiceSettings(BaseSettings):
     redis_deadline_ms: float = Field(25.0, gt=0, description="per-request budget for the store fetch")
     reasoning_version: str | None = Field(None, description="overrides the bundle manifest's reasoning_version")
     reasoning_max_age_s: int = Field(30 * 24 * 3600, ge=1)
-    breaker_failure_threshold: int = Field(5, ge=1)
-    breaker_reset_s: float = Field(5.0, gt=0)
+    breaker_failure_threshold: int = Field(10, ge=1, description="consecutive store failures that open it")
+    breaker_reset_s: float = Field(2.0, gt=0, description="open -> half-open after this long")
     allow_degraded: bool = Field(True, description="ready without Redis (serving without reasoning)")
 
     # ranking

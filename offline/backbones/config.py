@@ -82,6 +82,10 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(1000, ge=0)
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="after warmup: constant, or cosine decay to 10% over the time budget (or over all epochs)",
+    )
     grad_clip: float = Field(1.0, gt=0)
     patience: int = Field(20, gt=0, description="epochs without a better validation Recall@10 before stopping")
     beam: int = Field(20, gt=0)

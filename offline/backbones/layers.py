@@ -93,12 +93,13 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-LN decoder layer: causal self-attention (cached when stepping), cross-attention, feed-forward."""
 
-    def __init__(self, cfg: DecoderConfig) -> None:
+    def __init__(self, cfg: DecoderConfig, d_memory: int) -> None:
         super().__init__()
         d = cfg.d_model
         self.ln1, self.ln2, self.ln3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.self_attn = Attention(d, cfg.heads, cfg.d_kv, cfg.dropout)
-        self.cross_attn = Attention(d, cfg.heads, cfg.d_kv, cfg.dropout)
+        # keys/values straight from the (possibly narrower) memory: HSTU's 50-d states need no 256-d copy
+        self.cross_attn = Attention(d, cfg.heads, cfg.d_kv, cfg.dropout, d_source=d_memory)
         self.ff = FeedForward(d, cfg.d_ff, cfg.dropout, cfg.activation)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -119,9 +120,8 @@ class CodeDecoder(nn.Module):
         nn.init.normal_(self.embed.weight, std=d**-0.5)
         self.pos = nn.Embedding(len(self.codebook_sizes), d)
         nn.init.normal_(self.pos.weight, std=0.02)
-        self.mem_proj = nn.Identity() if d_memory == d else nn.Linear(d_memory, d)
-        self.ctx_proj = nn.Linear(d, d)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.layers))
+        self.ctx_proj = nn.Linear(d_memory, d)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, d_memory) for _ in range(cfg.layers))
         self.ln_out = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -140,8 +140,8 @@ class CodeDecoder(nn.Module):
         return (h @ w.t()) * self.cfg.d_model**-0.5
 
     def _memory(self, mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        m = self.mem_proj(mem)
-        return m, self.ctx_proj(m[:, -1])
+        """(memory for cross-attention, context vector from the newest slot added to every decoder input)."""
+        return mem, self.ctx_proj(mem[:, -1])
 
     def forward(self, mem: torch.Tensor, mem_mask: torch.Tensor, codes: torch.Tensor) -> list[torch.Tensor]:
         """Teacher forcing: codes [B,L] -> logits per position (list of [B,V_l])."""
@@ -162,15 +162,14 @@ class CodeDecoder(nn.Module):
 
     # -- incremental decoding (beam search) ----------------------------------------------------------------
     def init_state(self, mem: torch.Tensor, mem_mask: torch.Tensor, beams: int) -> dict[str, object]:
-        """Cross-attention keys/values computed once per user, then repeated for each beam."""
+        """Cross-attention keys/values computed once per user and shared by its beams (not copied: in a step
+        the beams of a user are that user's query rows, so one attention call serves them all)."""
         m, ctx = self._memory(mem)
-        cross = []
-        for layer in self.layers:
-            k, v = layer.cross_attn.project_kv(m)
-            cross.append((k.repeat_interleave(beams, dim=0), v.repeat_interleave(beams, dim=0)))
+        cross = [layer.cross_attn.project_kv(m) for layer in self.layers]
         return {
             "cross": cross,
-            "mask": mem_mask.repeat_interleave(beams, dim=0)[:, None, None, :],
+            "mask": mem_mask[:, None, None, :],
+            "beams": beams,
             "ctx": ctx.repeat_interleave(beams, dim=0),
             "self": [None] * len(self.layers),
         }
@@ -187,7 +186,8 @@ class CodeDecoder(nn.Module):
                 v = torch.cat([cache[1], v], dim=2)
             new_self.append((k, v))
             x = x + layer.self_attn.attend(hx, k, v)
-            x = x + layer.cross_attn.attend(layer.ln2(x), ck, cv, state["mask"])
+            q = layer.ln2(x).reshape(ck.shape[0], state["beams"], -1)  # [B, beams, d]: beams as query rows
+            x = x + layer.cross_attn.attend(q, ck, cv, state["mask"]).reshape(x.shape)
             x = x + layer.ff(layer.ln3(x))
         h = self.ln_out(x[:, 0])
         logp = torch.log_softmax(self.logits_at(h, position).float(), dim=-1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +97,23 @@ def evaluate(
     return rank_metrics(items, targets, ks=ks)
 
 
-def _lr_lambda(warmup: int):
-    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+def lr_factor(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Multiplier of the base learning rate: linear warmup, then constant or cosine down to 10%
+    (``progress`` in [0, 1] is the share of the time budget, or of all epochs, used so far)."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if cfg.schedule == "constant":
+        return warm
+    return warm * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0))))
+
+
+def export_weights(checkpoint: Path | str, dest: Path | str, half: bool = True) -> Path:
+    """Weights-only copy of a checkpoint (float16 by default: half the bytes, for moving a trained model
+    between machines; `init_from` loads it back as float32)."""
+    state = load_checkpoint(checkpoint)
+    weights = {k: (v.half() if half and v.is_floating_point() else v) for k, v in state["model"].items()}
+    keep = {k: state[k] for k in ("backbone", "model_config", "epoch") if k in state}
+    save_checkpoint(dest, {**keep, "model": weights})
+    return Path(dest)
 
 
 class Trainer:
@@ -113,6 +129,7 @@ class Trainer:
         train_cfg: TrainConfig,
         model_cfg: dict[str, Any] | None = None,
         device: str = "auto",
+        init_from: Path | None = None,
     ) -> None:
         self.backbone, self.splits, self.out = backbone, splits, Path(out_dir)
         self.cfg = train_cfg
@@ -122,14 +139,26 @@ class Trainer:
                 f"codes: {codes.n_items} items but dataset {splits.dataset.name} has {splits.dataset.n_items}"
             )
         torch.set_num_threads(train_cfg.num_threads)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         seed_everything(train_cfg.seed)
+        init_state = None
         if (self.out / LAST).exists():  # a resumed run keeps the architecture it was started with
             model_cfg = load_checkpoint(self.out / LAST)["model_config"]
+        elif init_from is not None:  # warm start from weights only (e.g. a model trained on another machine)
+            init_state = load_checkpoint(init_from)
+            if init_state.get("backbone") != backbone:
+                raise ValueError(f"init_from: {init_from} holds a {init_state.get('backbone')!r} model")
+            model_cfg = init_state["model_config"]
         self.model = build_model(backbone, codes.codes, codes.codebook_sizes, model_cfg).to(self.device)
         self.model_cfg = self.model.config.model_dump()
+        if init_state is not None:
+            self.model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                        for k, v in init_state["model"].items()})
+            log.info("%s: initialised from %s (epoch %s there)", backbone, init_from, init_state.get("epoch"))
         self.trie = TrieTensors.for_model(self.model).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(train_cfg.warmup_steps))
         self.epoch, self.step = 0, 0
         self.stopper = EarlyStopping(train_cfg.patience)
         self.finished = False
@@ -148,7 +177,6 @@ class Trainer:
             "train_config": self.cfg.model_dump(),
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
             "stopper": self.stopper.state_dict(),
@@ -163,7 +191,6 @@ class Trainer:
             raise ValueError(f"{self.out / LAST}: checkpoint is {state['backbone']!r}, not {self.backbone!r}")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.stopper.load_state_dict(state["stopper"])
         self.finished = state["finished"]
@@ -180,26 +207,35 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     # -- training -------------------------------------------------------------------------------------------
+    def _progress(self, t_start: float, n_batches: int) -> float:
+        """Share of the run done: of the time budget if there is one, else of all epochs' steps."""
+        if self.cfg.time_budget_s is not None:
+            return (time.monotonic() - t_start) / self.cfg.time_budget_s
+        return self.step / max(1, self.cfg.epochs * n_batches)
+
     def _train_epoch(self, hist: torch.Tensor, tgt: torch.Tensor, deadline: float | None) -> tuple[float, bool]:
         """One pass over the shuffled training examples; returns (mean loss, budget ran out)."""
         self.model.train()
         n, bs = hist.shape[0], self.cfg.batch_size
+        n_batches = (n + bs - 1) // bs
         perm = torch.randperm(n).to(self.device)
         total, batches, out_of_time = 0.0, 0, False
         bar = tqdm(range(0, n, bs), desc=f"{self.backbone} epoch {self.epoch + 1}", unit="batch", mininterval=5)
         for start in bar:
             idx = perm[start : start + bs]
+            lr = self.cfg.lr * lr_factor(self.cfg, self.step, self._progress(self.t_start, n_batches))
+            for group in self.opt.param_groups:
+                group["lr"] = lr
             loss, parts = self.model.loss(hist[idx], tgt[idx])
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.opt.step()
-            self.sched.step()
             self.step += 1
             total += parts["ce"]
             batches += 1
             if batches % 20 == 0:
-                bar.set_postfix(loss=f"{total / batches:.4f}")
+                bar.set_postfix(loss=f"{total / batches:.4f}", lr=f"{lr:.2e}")
             if deadline is not None and time.monotonic() > deadline:
                 out_of_time = True
                 break
@@ -211,7 +247,8 @@ class Trainer:
         if self.finished:
             log.info("%s: training already finished in %s", self.backbone, self.out)
             return
-        deadline = None if self.cfg.time_budget_s is None else time.monotonic() + self.cfg.time_budget_s
+        self.t_start = time.monotonic()
+        deadline = None if self.cfg.time_budget_s is None else self.t_start + self.cfg.time_budget_s
         hist = torch.as_tensor(self.splits.train[0]).to(self.device)
         tgt = torch.as_tensor(self.splits.train[1]).to(self.device)
         v_hist, v_tgt = self.splits.valid

@@ -79,7 +79,12 @@ class GVMConfig(BaseModel):
     samples_per_user: int = Field(1, ge=1)
     temperature: float = 0.7
     top_p: float = 0.9
-    max_tokens: int = Field(384, ge=16)
+    max_tokens: int = Field(384, ge=16, description="free mode: tokens for the whole answer")
+    guided: bool = Field(True, description="prefill each section's opening tag and let the model write its body "
+                         "(3 rounds: path, reason, items); a 135M model almost never follows the free format")
+    path_max_tokens: int = 40
+    reason_max_tokens: int = 96
+    recs_max_tokens: int = 200
     history_items: int = Field(10, ge=1, description="most recent items shown in the prompt")
     dedup_threshold: float = Field(0.85, gt=0, le=1, description="cosine above which paths are near duplicates")
     recall_k: int = 20

@@ -108,6 +108,24 @@ def abstract_template(llm: LLM, paths: Sequence[str], mining: Mining, cfg: GVMCo
     return {"steps": steps, "source": "llm_best_path", "llm_output": raw}
 
 
+def guided_generate(llm: LLM, chats: list[list[dict[str, str]]], cfg: GVMConfig, seed: int) -> list[str]:
+    """Figure-9 answers written section by section: the opening tag of each section is prefilled as the
+    assistant turn and the model writes the body until the closing tag (guided decoding, as vLLM's guided
+    generation would enforce). The sections' content is still entirely the model's."""
+    rounds = [("<cot_path>\n", ("</cot_path>", "<reason>"), cfg.path_max_tokens, "\n</cot_path>\n"),
+              ("<reason>\n", ("</reason>", "<recommendations>"), cfg.reason_max_tokens, "\n</reason>\n"),
+              ("<recommendations>\n<item>", ("</recommendations>",), cfg.recs_max_tokens, "\n</recommendations>")]
+    answers = [""] * len(chats)
+    for r, (opening, stop, max_tokens, closing) in enumerate(rounds):
+        prefixes = [a + opening for a in answers]
+        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=max_tokens,
+                                seed=seed * 10 + r, stop=stop)
+        conts = llm.generate([c + [{"role": "assistant", "content": p}] for c, p in zip(chats, prefixes, strict=True)],
+                             params)
+        answers = [p + t.strip() + closing for p, t in zip(prefixes, conts, strict=True)]
+    return answers
+
+
 def run_gvm(cfg: GVMConfig, llm: LLM, dataset: Any, out_dir: Path, *, embed: Embed | None = None,
             item_emb: np.ndarray | None = None) -> dict[str, Any]:
     """The whole pipeline; writes chains.json, clusters.json, template.json and report.json into out_dir."""
@@ -129,10 +147,12 @@ def run_gvm(cfg: GVMConfig, llm: LLM, dataset: Any, out_dir: Path, *, embed: Emb
     outputs: list[str] = []
     for s in range(cfg.samples_per_user):  # one seed per sample round so samples differ yet stay cacheable
         idx = [i for i, m in enumerate(meta) if m["sample"] == s]
-        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                                seed=cfg.seed + s)
-        texts = llm.generate([chats[i] for i in idx], params)
-        outputs.extend(texts)
+        if cfg.guided:
+            outputs.extend(guided_generate(llm, [chats[i] for i in idx], cfg, seed=cfg.seed + s))
+        else:
+            params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                                    seed=cfg.seed + s)
+            outputs.extend(llm.generate([chats[i] for i in idx], params))
     times["generate_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()

@@ -46,10 +46,13 @@ def _load_uncached(model_path: str, gguf_file: str | None) -> tuple[Any, Any]:
         tok = AutoTokenizer.from_pretrained(model_path, gguf_file=gguf_file)
         tmp = Path(tempfile.mkdtemp(dir=local.parent.mkdir(parents=True, exist_ok=True) or local.parent))
         try:  # temp dir then rename: a killed save never leaves a half-written model behind
+            model.hf_quantizer = None  # weights are already float32; the GGUF marker only blocks saving
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             os.replace(tmp, local)
-        except OSError as exc:  # another process won the race, or the disk is read-only: keep going
+        except (OSError, ValueError) as exc:  # another process won the race, or the disk is read-only: keep going
             log.warning("could not cache de-quantised model at %s: %s", local, exc)
             shutil.rmtree(tmp, ignore_errors=True)
         return model, tok
@@ -121,9 +124,13 @@ class LocalLLM:
             else:
                 todo.append(i)
         bs = self.config.batch_size
+        t0 = time.perf_counter()
         for start in range(0, len(todo), bs):
             idx = todo[start:start + bs]
             texts = self._generate_batch([prompts[i] for i in idx], params)
+            done, elapsed = start + len(idx), time.perf_counter() - t0
+            log.info("generated %d/%d prompts (%.1f tok/s, ETA %.0fs)", done, len(todo), self.tokens_per_second,
+                     elapsed / done * (len(todo) - done))
             for i, text in zip(idx, texts, strict=True):
                 results[i] = text
                 if self.cache is not None:

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from offline.backbones import HstuConfig, HstuModel, TigerConfig, TigerModel, TrainConfig, TrieTensors, recommend
+from offline.backbones import (
+    HstuConfig,
+    HstuModel,
+    TigerConfig,
+    TigerModel,
+    TrainConfig,
+    TrieTensors,
+    recommend,
+)
 from offline.backbones.train import Splits, Trainer, load_model
 from offline.data import Dataset, Item, LeaveOneOut
 from offline.evaluation import rank_metrics

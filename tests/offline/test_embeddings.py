@@ -35,7 +35,8 @@ def test_encode_then_cache_hit(tmp_path, encoder) -> None:
     assert first.last_cache_hit is False
     assert emb.shape == (5, 384) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    assert len(list(tmp_path.glob("*.npy"))) == 1 and not list(tmp_path.glob("*.tmp"))
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".npy" and not files[0].name.startswith(".")
 
     second = ItemEmbedder(config)  # no encoder given: it would be loaded lazily only on a cache miss
     np.testing.assert_array_equal(second.encode_texts(TEXTS), emb)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from offline.semantic_ids import SemanticIdConfig, SemanticIds, build_semantic_ids, code_stats, disambiguate
+from offline.semantic_ids import (
+    SemanticIdConfig,
+    SemanticIds,
+    atomic_output,
+    build_semantic_ids,
+    code_stats,
+    disambiguate,
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +76,7 @@ def test_save_load_roundtrip(tmp_path, clustered_embeddings: np.ndarray) -> None
     np.testing.assert_array_equal(loaded.codes, sid.codes)
     assert loaded.codebook_sizes == sid.codebook_sizes
     assert loaded.report["collision_rate"] == sid.report["collision_rate"]
-    assert (tmp_path / "sid.json").exists()
-    assert not list(tmp_path.glob("*.tmp*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sid.json", "sid.npz"]  # no temp files left
 
 
 def test_bad_input_names_the_field(clustered_embeddings: np.ndarray) -> None:
@@ -91,3 +97,13 @@ def test_load_rejects_duplicate_tuples(tmp_path) -> None:
     with pytest.raises(ValueError, match="share a code tuple"):
         sid.save(tmp_path / "bad.npz")
     assert not (tmp_path / "bad.npz").exists()
+
+
+def test_atomic_output_keeps_old_file_on_error(tmp_path) -> None:
+    target = tmp_path / "x.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]

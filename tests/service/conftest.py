@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -69,7 +69,7 @@ def store(run_id: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def uid(run_id: str) -> Iterator[callable]:
+def uid(run_id: str) -> Callable[[], str]:
     """Unique user ids per test (history keys are not versioned, so ids must not collide)."""
     n = iter(range(10**6))
     tag = uuid.uuid4().hex[:6]
@@ -88,8 +88,11 @@ def dead_redis_url() -> str:
 
 
 def make_settings(**kw) -> ServiceSettings:
+    # generous store timeouts: the shared 2-core CI box can stall the event loop for tens of ms, and these
+    # tests check hit/miss/stale, not the deadline (test_redis_down_* and test_reasoning_fetch do that)
     base = dict(redis_url=REDIS_URL, warmup_runs=1, max_wait_ms=1.0, admin_token="s3cret",
-                reload_on_sighup=False)
+                reload_on_sighup=False, redis_deadline_ms=2000, redis_socket_timeout_s=2.0,
+                redis_connect_timeout_s=1.0)
     base.update(kw)
     return ServiceSettings(**base)
 

@@ -25,15 +25,15 @@ def cluster_port(tmp_path):
                              str(tmp_path / "nodes.conf"), "--dir", str(tmp_path), "--save", "", "--appendonly",
                              "no", "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        client = redis.Redis(port=port, socket_timeout=1)
-        for _ in range(100):
+        client = redis.Redis(port=port, socket_timeout=5)
+        for _ in range(400):  # up to ~20 s on a loaded machine
             try:
                 client.ping()
                 break
             except redis.exceptions.ConnectionError:
                 time.sleep(0.05)
         client.execute_command("CLUSTER", "ADDSLOTS", *range(16384))
-        for _ in range(100):
+        for _ in range(400):
             if client.execute_command("CLUSTER", "INFO").decode().find("cluster_state:ok") >= 0:
                 break
             time.sleep(0.05)
@@ -47,13 +47,13 @@ def cluster_port(tmp_path):
 async def test_cluster_mget_across_slots(cluster_port):
     spec = ReasoningSpec("rv-cluster", 2, 4)
     users = [f"cluster-user-{i}" for i in range(6)]  # keys spread over many hash slots
-    seed = redis.RedisCluster(host="127.0.0.1", port=cluster_port)
+    seed = redis.RedisCluster(host="127.0.0.1", port=cluster_port, socket_timeout=5)
     mat = np.arange(8, dtype=np.float32).reshape(2, 4)
     for u in users[:3]:
         seed.set(reasoning_key(spec.version, u), encode(mat, dtype="float32"))
     seed.close()
-    client = make_client(f"redis://127.0.0.1:{cluster_port}/0", cluster=True, connect_timeout=0.5,
-                         socket_timeout=0.5, max_connections=8)
+    client = make_client(f"redis://127.0.0.1:{cluster_port}/0", cluster=True, connect_timeout=2.0,
+                         socket_timeout=2.0, max_connections=8)
     fetcher = ReasoningFetcher(client, max_age_s=3600, deadline_ms=2000, breaker=CircuitBreaker(3, 5))
     try:
         out = await fetcher.fetch(users, [False] * len(users), spec)

@@ -111,3 +111,14 @@ def test_bad_prompt_names_the_field() -> None:
     client = HttpLLM(HttpLLMConfig(base_url="http://127.0.0.1:9/v1"))
     with pytest.raises(ValueError, match=r"prompts\[0\]\[0\]\.role"):
         client.generate([[{"role": "robot", "content": "x"}]], GREEDY)
+
+
+def test_cli_registers_llm_serve_and_llm_spec_errors() -> None:
+    from offline.reasoning.llm import build_llm
+    from scoter.cli import build_parser
+
+    args = build_parser().parse_args(["llm", "serve", "--port", "8123"])
+    assert args.port == 8123 and args.llm == "local" and callable(args.func)
+    assert isinstance(build_llm("http://127.0.0.1:9/v1#my-model"), HttpLLM)
+    with pytest.raises(ValueError, match="--llm"):
+        build_llm("ftp://nowhere")

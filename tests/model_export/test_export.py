@@ -1,0 +1,99 @@
+"""Export of a small trained model: the graph holds the whole beam search and matches PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from model_export.export import ExportConfig, export_bundle
+from model_export.verify import VerifyConfig, compare_rankings, run_torch, verify_bundle
+from scoter.bundle import load_bundle
+from scoter.ranker import BundleRanker, RankerConfig
+from tests.model_export.tiny_model import synthetic_users, train_tiny
+
+FEEDS = ("history", "history_mask", "reasoning", "reasoning_present")
+
+
+def _feeds(data: dict) -> dict[str, np.ndarray]:
+    return {k: data[k] for k in FEEDS}
+
+
+def test_graph_is_one_static_beam_search(bundle):
+    manifest, _ = load_bundle(bundle)
+    model = onnx.load(str(bundle / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    ops = {n.op_type for n in model.graph.node}
+    assert not ops & {"Loop", "Scan", "If"}  # the L steps are unrolled, no control flow left
+    assert sum(n.op_type == "TopK" for n in model.graph.node) >= manifest.code_length  # one top-k per step
+    assert [i.name for i in model.graph.input] == ["history", "history_mask", "reasoning", "reasoning_present"]
+    assert [o.name for o in model.graph.output] == ["item_ids", "scores"]
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.HasField("dim_value")  # dynamic batch
+    # the trie is baked in as constants: every next_node table appears among the initializers' shapes
+    shapes = {tuple(t.dims) for t in model.graph.initializer}
+    trie = np.load(bundle / "trie.npz")
+    for level in range(manifest.code_length):
+        assert tuple(trie[f"next_node_{level}"].shape) in shapes
+
+
+def test_fp32_parity_with_pytorch(bundle, trained):
+    src, data = trained
+    more = synthetic_users(200, src.codes.shape[0] - 1, src.max_history, src.reasoning_steps,
+                           src.reasoning_dim, seed=7)
+    feeds = {k: np.concatenate([data[k], more[k]]) for k in FEEDS}
+    report = verify_bundle(src.module, bundle, feeds, VerifyConfig(batch_size=64))
+    fp32 = report["variants"]["fp32"]
+    assert report["passed"], report
+    assert fp32["users"] == 264 and fp32["list_agreement"] >= 0.999 and fp32["max_abs_score_diff"] <= 1e-4
+    fp16 = report["variants"]["fp16"]
+    assert fp16["padding_agrees"] and fp16["overlap_at_n"] >= 0.8  # fp16 reorders near-ties, keeps the items
+
+
+@pytest.mark.parametrize("batch,length", [(1, None), (37, None), (5, 3)])
+def test_dynamic_batch_and_history_length(bundle, trained, batch, length):
+    src, _ = trained
+    data = synthetic_users(batch, src.codes.shape[0] - 1, src.max_history, src.reasoning_steps,
+                           src.reasoning_dim, seed=batch)
+    feeds = _feeds(data)
+    if length is not None:
+        feeds = {**feeds, "history": feeds["history"][:, -length:], "history_mask": feeds["history_mask"][:, -length:]}
+    ranker = BundleRanker(bundle, RankerConfig(intra_op_threads=1))
+    ids, scores = ranker.rank(**feeds)
+    ref_ids, ref_scores = run_torch(src.module, feeds, batch_size=64)
+    result = compare_rankings(ref_ids, ref_scores, ids, scores, topn=src.beam, tie_tolerance=1e-6)
+    assert result["list_agreement"] == 1.0 and result["max_abs_score_diff"] <= 1e-4
+
+
+def test_reasoning_changes_the_ranking_in_the_graph(bundle, trained):
+    """The fusion path is inside the graph: present reasoning moves scores, absent reasoning is ignored."""
+    src, data = trained
+    ranker = BundleRanker(bundle, RankerConfig(intra_op_threads=1))
+    feeds = {k: v[:8] for k, v in _feeds(data).items()}
+    on = {**feeds, "reasoning_present": np.ones(8, dtype=bool)}
+    off = {**feeds, "reasoning_present": np.zeros(8, dtype=bool)}
+    noise = {**off, "reasoning": feeds["reasoning"] * 5.0}
+    _, s_on = ranker.rank(**on)
+    _, s_off = ranker.rank(**off)
+    _, s_noise = ranker.rank(**noise)
+    assert not np.allclose(s_on, s_off)
+    np.testing.assert_allclose(s_off, s_noise, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_hstu_backbone_exports_with_parity(tmp_path):
+    torch.set_num_threads(1)
+    src, data = train_tiny("hstu", steps=5)
+    export_bundle(src, tmp_path / "hstu", ExportConfig(model_id="tiny-hstu", fp16=False))
+    report = verify_bundle(src.module, tmp_path / "hstu", _feeds(data), VerifyConfig(variants=("fp32",)))
+    assert report["passed"], report
+
+
+def test_inconsistent_source_is_refused_before_tracing(trained, tmp_path):
+    src, _ = trained
+    bad = type(src)(**{**src.__dict__, "item_ids": src.item_ids[:-1]})
+    with pytest.raises(ValueError, match="item_ids"):
+        export_bundle(bad, tmp_path / "b")
+    assert not (tmp_path / "b").exists()

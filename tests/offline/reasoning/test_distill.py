@@ -1,0 +1,53 @@
+"""Teacher side of structured distillation: leave-one-out inputs (no held-out target leaks), guided
+template-shaped chains from the real 135M model, rejection of chains with missing steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from offline.reasoning import corpus
+from offline.reasoning.config import DistillConfig
+from offline.reasoning.distill import teacher_chains, teacher_examples
+from offline.reasoning.encode import chains_to_h
+from offline.reasoning.prompts import MANUAL_TEMPLATES
+
+
+def test_histories_respect_leave_one_out(tiny_dataset) -> None:
+    seq = tiny_dataset.sequences[1]  # [4, 5, 10, 4, 5, 9]
+    assert corpus.history(seq, "train").tolist() == [4, 5, 10, 4]
+    assert corpus.history(seq, "valid").tolist() == [4, 5, 10, 4]
+    assert corpus.history(seq, "test").tolist() == [4, 5, 10, 4, 5]
+    with pytest.raises(ValueError, match="split"):
+        corpus.history(seq, "dev")  # type: ignore[arg-type]
+
+
+def test_teacher_never_sees_validation_or_test_targets(tiny_dataset) -> None:
+    rows = list(range(tiny_dataset.n_users))
+    for ex in teacher_examples(tiny_dataset, rows, oracle=False):
+        seq = tiny_dataset.sequences[ex["row"]]
+        assert ex["history"] == seq[:-2].tolist() and "target" not in ex
+    for ex in teacher_examples(tiny_dataset, rows, oracle=True):
+        seq = tiny_dataset.sequences[ex["row"]]
+        assert ex["history"] == seq[:-3].tolist() and ex["target"] == seq[-3]
+
+
+def test_scaffold_teacher_writes_every_step(local_llm, tiny_dataset) -> None:
+    steps = MANUAL_TEMPLATES["two_step"]
+    cfg = DistillConfig(teacher_mode="scaffold", step_max_tokens=12, history_items=4, temperature=0.0)
+    records, report = teacher_chains(local_llm, tiny_dataset, steps, [0, 2], cfg)
+    assert report["teacher_users"] == 2 and report["accepted"] + report["rejected"] == 2
+    for r in records:
+        assert r["raw"].startswith(f"**{steps[0]}:**")
+        if r["steps"] is not None:
+            assert len(r["steps"]) == 2 and all(r["steps"])
+    h, present = chains_to_h([r["steps"] for r in records], len(steps))
+    assert h.shape == (2, 2, 384) and h.dtype == np.float32
+    assert present.tolist() == [r["steps"] is not None for r in records]
+    assert np.allclose(np.linalg.norm(h[present], axis=-1), 1.0, atol=1e-4)
+    assert not h[~present].any()
+
+
+def test_chains_to_h_rejects_wrong_step_count() -> None:
+    with pytest.raises(ValueError, match=r"chains\[1\]: 1 steps, template has K=2"):
+        chains_to_h([["a", "b"], ["a"]], 2)

@@ -1,0 +1,50 @@
+"""Students learn: the encoder student's loss falls on a tiny set; the LoRA student trains a few steps on
+real tokens of the 135M model and then generates."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from offline.reasoning import prompts
+from offline.reasoning.config import EncoderStudentConfig, LoraStudentConfig
+from offline.reasoning.encode import chains_to_h, sentence_encoder
+from offline.reasoning.students import EncoderStudent, LoraStudent
+
+STEPS = ["User Interest Mining", "Item Recommendation"]
+PAIRS = [
+    (["OPI red nail polish", "OPI top coat"], ["loves bright nail colour", "a quick-dry nail polish"]),
+    (["Hair dryer", "Argan oil shampoo"], ["cares for hair at home", "a ceramic hair straightener"]),
+    (["BB cream", "Concealer"], ["builds a face makeup routine", "a setting powder"]),
+    (["Lip balm", "Vitamin C serum"], ["focuses on skin care", "a hydrating face moisturizer"]),
+]
+
+
+def test_encoder_student_reduces_its_loss() -> None:
+    torch.set_num_threads(1)
+    texts = [prompts.student_history_text(h) for h, _ in PAIRS]
+    target, _ = chains_to_h([c for _, c in PAIRS], len(STEPS))
+    cfg = EncoderStudentConfig(epochs=6, batch_size=4, max_seq_length=32, lr=1e-4)
+    student = EncoderStudent(copy.deepcopy(sentence_encoder()), len(STEPS), cfg)
+    before = student.evaluate(texts, target)
+    losses = student.fit(texts, target, log_every=0)
+    after = student.evaluate(texts, target)
+    assert after < before * 0.8, (before, after)
+    assert losses[-1] < losses[0]
+    h = student.predict(texts)
+    assert h.shape == (4, 2, 384) and h.dtype == np.float32 and np.isfinite(h).all()
+
+
+def test_lora_student_trains_and_generates() -> None:
+    chats = [prompts.distill_chat(STEPS, h, max_items=4) for h, _ in PAIRS[:2]]
+    answers = [prompts.format_chain(STEPS, c) for _, c in PAIRS[:2]]
+    student = LoraStudent(LoraStudentConfig(steps=4, batch_size=2, lr=3e-3, max_length=96, gen_max_tokens=8))
+    trainable = sum(p.numel() for p in student.model.parameters() if p.requires_grad)
+    assert 0 < trainable < 2_000_000  # only the adapter trains
+    losses = student.fit(chats, answers)
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    chains, report = student.write_chains(chats[:1], STEPS, scaffold=True, step_max_tokens=4)
+    assert report["users"] == 1 and report["generated_tokens"] > 0 and report["tokens_per_second"] > 0
+    assert report["raw_examples"][0].startswith(f"**{STEPS[0]}:**")
