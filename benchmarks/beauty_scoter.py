@@ -48,6 +48,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model-config", default=None, help="JSON backbone overrides (applied to every backbone)")
     ap.add_argument("--fusion-config", default=None, help="JSON FusionConfig overrides")
+    ap.add_argument("--baseline", type=Path, default=None, help="reuse this plain-backbone run folder")
     ap.add_argument("--init-from-baseline", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tag", default="default", help="names the run folder and the results file")
@@ -65,7 +66,7 @@ def run_config(args: argparse.Namespace, backbone: str, out: Path, **updates: An
         reasoning_dir=args.reasoning, train=TrainConfig.for_backbone(backbone, **train),
         backbone_config=json.loads(args.model_config) if args.model_config else None,
         fusion=json.loads(args.fusion_config) if args.fusion_config else {},
-        out_dir=out, init_from_baseline=args.init_from_baseline, device=args.device,
+        out_dir=out, baseline_dir=args.baseline, init_from_baseline=args.init_from_baseline, device=args.device,
     )
     return cfg.model_copy(update=updates)
 

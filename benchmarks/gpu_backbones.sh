@@ -36,7 +36,9 @@ if ! "$PY" -c "import pydantic" 2>/dev/null; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 if [ "$DEVICE" = cuda ]; then
-  "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
+  SCOTER_MACHINE=$("$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))")
+  export SCOTER_MACHINE
+  echo "GPU: $SCOTER_MACHINE"
 fi
 
 TRAIN=$(( BUDGET > RESERVE + 30 ? BUDGET - RESERVE : 30 ))

@@ -17,7 +17,7 @@ from offline.backbones import (
     TrieTensors,
     recommend,
 )
-from offline.backbones.train import Splits, Trainer, load_model
+from offline.backbones.train import Splits, Trainer, export_weights, load_model
 from offline.data import Dataset, Item, LeaveOneOut
 from offline.evaluation import rank_metrics
 from offline.fusion import FusionConfig, ReasoningFusion
@@ -156,3 +156,23 @@ def test_time_budget_stops_early_without_finishing(tmp_path) -> None:
     trainer = Trainer("tiger", splits, codes, tmp_path, cfg, TigerConfig.small().model_dump(), device="cpu")
     trainer.fit()
     assert trainer.epoch < 50 and not trainer.finished  # can be continued elsewhere
+
+
+def test_float16_weights_warm_start_a_new_run(tmp_path) -> None:
+    """A model trained elsewhere travels as float16 weights and seeds a fresh run folder."""
+    ds = planted_dataset(60)
+    loo = LeaveOneOut(ds, max_len=8)
+    splits = Splits(ds, loo.train_examples(), loo.eval_examples("valid"), loo.eval_examples("test"))
+    codes = SemanticIds(codes=planted_codes(), codebook_sizes=SIZES)
+    cfg = TrainConfig(epochs=1, batch_size=64, beam=5, eval_users=20)
+    first = Trainer("hstu", splits, codes, tmp_path / "a", cfg, HstuConfig.small().model_dump(), device="cpu")
+    first.fit()
+    weights = export_weights(tmp_path / "a" / "best.pt", tmp_path / "w16.pt")
+    assert all(v.dtype != torch.float32 for v in torch.load(weights)["model"].values())
+    second = Trainer("hstu", splits, codes, tmp_path / "b", cfg, None, device="cpu", init_from=weights)
+    assert second.model.config == first.model.config and second.epoch == 0
+    best = torch.load(tmp_path / "a" / "best.pt")["model"]
+    for name, value in second.model.state_dict().items():
+        torch.testing.assert_close(value, best[name].to(value.dtype), rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="init_from"):
+        Trainer("tiger", splits, codes, tmp_path / "c", cfg, None, device="cpu", init_from=weights)
