@@ -24,6 +24,11 @@ PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}   # DEVICE=cpu EXTRA="--max-users 300" rehearses the whole path without a GPU
 EXTRA=${EXTRA:-}
 mkdir -p "$OUT" "$RUN_DIR"
+[ -f "$CODES" ] || { echo "semantic IDs not found: $CODES (set CODES=...)" >&2; exit 2; }
+# data: $SCOTER_DATA_DIR, else ../shared/data (the default), else a shared/data copy inside the repo
+if [ -z "${SCOTER_DATA_DIR:-}" ] && [ ! -f ../shared/data/beauty/sequences.txt ] && [ -f shared/data/beauty/sequences.txt ]; then
+  export SCOTER_DATA_DIR=$PWD/shared/data
+fi
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
 
 if ! "$PY" -c "import pydantic" 2>/dev/null; then

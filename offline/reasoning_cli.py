@@ -74,7 +74,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     )
     ds = corpus.load(args.dataset)
     teacher = pipeline.run_teacher(_llm(args, out), ds, steps, dcfg, out)
-    ecfg = EncoderStudentConfig(epochs=args.epochs)
+    ecfg = EncoderStudentConfig(epochs=args.epochs, history_input=args.student_input,
+                                train_encoder=args.student_input == "text")
     student, srep = pipeline.train_encoder_student(ds, teacher, ecfg, out)
     prep = pipeline.precompute_h(student, ds, out, ecfg)
     extra = {"teacher": teacher["report"], "encoder_student": srep, "precompute": prep}
@@ -107,7 +108,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     student = EncoderStudent(copy.deepcopy(sentence_encoder()), int(ckpt["k"]), cfg)
     student.head.load_state_dict(ckpt["head"])
-    student.encoder.load_state_dict(ckpt["encoder"])
+    if ckpt.get("encoder") is not None:  # fine-tuned MiniLM; None = the frozen packaged one
+        student.encoder.load_state_dict(ckpt["encoder"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pipeline.precompute_h(student, corpus.load(args.dataset), out, cfg)
@@ -188,6 +190,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-mode", choices=["scaffold", "free"], default="scaffold")
     p.add_argument("--oracle", action="store_true", help="R2END oracle teacher (target seq[-3] only)")
     p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--student-input", choices=["items", "text"], default="items",
+                   help="encoder student input: item-embedding history vector (fast) or fine-tuned MiniLM on text")
     p.add_argument(
         "--lora-users", type=int, default=0, help="users the LoRA student writes chains for (0 = skip)"
     )

@@ -50,6 +50,8 @@ class ReasoningArrays:
     present: dict[str, np.ndarray]
     source: str
     train_fn: Callable[[torch.Tensor], torch.Tensor] | None = None  # H from a training prefix itself
+    # H per training example ([N_train, K, D], rows of LeaveOneOut.train_examples()), leak-free per prefix
+    train_examples: np.ndarray | None = None
 
     @property
     def K(self) -> int:
@@ -116,7 +118,18 @@ def load_reasoning(folder: Path | str, user_ids: list[str], source: str | None =
                 f"{int(rows[np.argmax(bad)])})"
             )
         H[split], present[split] = out, pres
-    return ReasoningArrays(H, present, source or f"dir:{folder}")
+    per_example = folder / "H_train_examples.npy"
+    train_examples = None
+    if per_example.exists():
+        if (folder / "user_ids.json").exists() and json.loads((folder / "user_ids.json").read_text())[
+            : len(user_ids)
+        ] != list(user_ids):
+            raise ValueError(f"{per_example}: rows follow user_ids.json, which does not start with this dataset's users")
+        train_examples = np.load(per_example, mmap_mode="r")
+        if train_examples.ndim != 3 or train_examples.shape[1:] != H["test"].shape[1:]:
+            raise ValueError(f"{per_example}: expected [examples, {H['test'].shape[1]}, {H['test'].shape[2]}], "
+                             f"got {train_examples.shape}")
+    return ReasoningArrays(H, present, source or f"dir:{folder}", train_examples=train_examples)
 
 
 def save_reasoning(folder: Path | str, arrays: ReasoningArrays, user_ids: list[str]) -> None:
@@ -261,9 +274,17 @@ class ScoterTrainer(Trainer):
         self.train_user = torch.as_tensor(user_of, device=self.device)
         self.H = {s: torch.as_tensor(reasoning.H[s], dtype=torch.float32, device=self.device) for s in SPLITS}
         self.train_fn = reasoning.train_fn
+        self.H_examples = None
+        if reasoning.train_examples is not None and self.train_fn is None:
+            n_ex = len(splits.train[1])
+            if reasoning.train_examples.shape[0] < n_ex:
+                raise ValueError(f"reasoning: H_train_examples has {reasoning.train_examples.shape[0]} rows for "
+                                 f"{n_ex} training examples")
+            self.H_examples = torch.as_tensor(np.array(reasoning.train_examples[:n_ex], np.float32),
+                                              device=self.device)
         if self.train_fn is not None and hasattr(self.train_fn, "to"):
             self.train_fn = self.train_fn.to(self.device)
-        if self.train_fn is None:
+        if self.train_fn is None and self.H_examples is None:
             log.warning(
                 "training prefixes use the per-user H_train (input seq[:-2]): it saw every training "
                 "target, which test-time H never does; per-prefix H avoids this mismatch"
@@ -311,8 +332,8 @@ class ScoterTrainer(Trainer):
             lr = self.cfg.lr * lr_factor(self.cfg, self.step, self._progress(self.t_start, n_batches))
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            if self.train_fn is not None:  # H from the prefix itself
-                H = self.train_fn(hist[idx])
+            if self.train_fn is not None or self.H_examples is not None:  # H from the prefix itself
+                H = self.train_fn(hist[idx]) if self.train_fn is not None else self.H_examples[idx]
                 present = torch.ones(len(idx), dtype=torch.bool, device=self.device)
             else:
                 users = self.train_user[idx]
@@ -361,8 +382,9 @@ class ScoterTrainer(Trainer):
     ) -> None:
         t0 = time.monotonic()
         items, tgt = self.rank("valid", self.valid_subset)
-        metrics = rank_metrics(items, tgt, ks=tuple(k for k in (5, 10, 20) if k <= self.cfg.beam))
-        improved = self.stopper.step(metrics["recall@10"], self.epoch)
+        k = min(10, self.cfg.beam)
+        metrics = rank_metrics(items, tgt, ks=tuple(sorted({min(x, self.cfg.beam) for x in (5, 10, 20)})))
+        improved = self.stopper.step(metrics[f"recall@{k}"], self.epoch)
         if improved:
             save_checkpoint(
                 self.out / BEST,
@@ -387,12 +409,14 @@ class ScoterTrainer(Trainer):
             }
         )
         log.info(
-            "scoter-%s: epoch %d val(%d users, H present) recall@10 %.4f ndcg@10 %.4f%s",
+            "scoter-%s: epoch %d val(%d users, H present) recall@%d %.4f ndcg@%d %.4f%s",
             self.backbone,
             self.epoch,
             len(tgt),
-            metrics["recall@10"],
-            metrics["ndcg@10"],
+            k,
+            metrics[f"recall@{k}"],
+            k,
+            metrics[f"ndcg@{k}"],
             " (best)" if improved else "",
         )
         self._save()
@@ -403,7 +427,7 @@ class ScoterTrainer(Trainer):
             self.model.load_state_dict(load_checkpoint(self.out / BEST)["model"])
         t0 = time.monotonic()
         loo = LeaveOneOut(self.splits.dataset)
-        ks = tuple(k for k in (5, 10, 20) if k <= self.cfg.beam)
+        ks = tuple(sorted({min(k, self.cfg.beam) for k in (5, 10, 20)}))
         metrics: dict[str, Any] = {}
         for name, split, with_h in (
             ("valid", "valid", True),
@@ -542,7 +566,7 @@ def run_baseline(cfg: ScoterRunConfig, splits: Splits, codes: SemanticIds) -> di
         beam=cfg.train.beam,
         batch_size=cfg.train.eval_batch,
     )
-    ks = tuple(k for k in (5, 10, 20) if k <= cfg.train.beam)
+    ks = tuple(sorted({min(k, cfg.train.beam) for k in (5, 10, 20)}))
     metrics = {
         "test": rank_metrics(items, splits.test[1], ks),
         "test_subgroups": subgroup_metrics(

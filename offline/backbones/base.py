@@ -114,6 +114,18 @@ class GenerativeBackbone(nn.Module):
             total = total + aux
         return total, parts
 
+    def recommend(
+        self, histories: np.ndarray, k: int, beam: int = 20, batch_size: int = 256
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The evaluation harness's `recommend` contract: top-k items by constrained beam search."""
+        from offline.backbones.beam_search import TrieTensors, recommend
+
+        trie = self.__dict__.get("_trie_cache")
+        if trie is None or trie.leaf_item.device != self.codes.device:
+            trie = TrieTensors.for_model(self).to(self.codes.device)
+            self.__dict__["_trie_cache"] = trie  # plain attribute: not a submodule, not in state_dict
+        return recommend(self, histories, k, trie, beam=max(beam, k), batch_size=batch_size)
+
     def aux_loss(
         self, targets: torch.Tensor, reasoning: torch.Tensor | None, present: torch.Tensor | None
     ) -> torch.Tensor | None:

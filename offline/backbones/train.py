@@ -193,7 +193,8 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.stopper.load_state_dict(state["stopper"])
-        self.finished = state["finished"]
+        # more epochs asked for than the run had, and patience not exhausted: the run goes on
+        self.finished = state["finished"] and (self.epoch >= self.cfg.epochs or self.stopper.should_stop)
         set_rng_state(state["rng"])
         log.info("resumed %s from %s at epoch %d (best val recall@10 %.4f)",
                  self.backbone, self.out / LAST, self.epoch, self.stopper.best)

@@ -128,7 +128,13 @@ class EncoderStudentConfig(BaseModel):
     cos_weight: float = 1.0
     max_seq_length: int = Field(128, ge=16)
     history_items: int = 10
-    train_encoder: bool = Field(True, description="False: freeze MiniLM, train only the head (faster)")
+    history_input: Literal["items", "text"] = Field(
+        "items", description="items (default): the history is the recency-weighted mean of its items' MiniLM "
+        "embeddings (catalogue encoded once, so all users cost seconds); text: MiniLM over the history text")
+    recency_decay: float = Field(0.8, gt=0, le=1, description="weight of the j-th most recent item = decay**j")
+    train_encoder: bool = Field(False, description="True: fine-tune MiniLM too. False (default): frozen MiniLM "
+                                "+ trained head; the all-user pass is then one cached encoder run, and a "
+                                "few hundred teacher chains cannot fine-tune 22M weights without overfitting")
     encode_batch_size: int = 64
     seed: int = 0
 

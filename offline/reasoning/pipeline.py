@@ -16,7 +16,13 @@ import torch
 from offline.reasoning import corpus, prompts
 from offline.reasoning.config import DistillConfig, EncoderStudentConfig, LoraStudentConfig
 from offline.reasoning.distill import teacher_chains
-from offline.reasoning.encode import chains_to_h, sentence_encoder
+from offline.reasoning.encode import (
+    chains_to_h,
+    history_vectors,
+    item_embeddings,
+    pooled_cached,
+    sentence_encoder,
+)
 from offline.reasoning.io import read_json, save_npy, write_json
 from offline.reasoning.llm import LLM
 from offline.reasoning.students import EncoderStudent, LoraStudent, student_texts
@@ -49,23 +55,34 @@ def train_encoder_student(dataset: Any, teacher: dict[str, Any], cfg: EncoderStu
     if len(ok) < 2:
         raise ValueError(f"encoder student: only {len(ok)} accepted teacher chains; need at least 2")
     torch.set_num_threads(1)
-    texts = student_texts(dataset, [r["history"] for r in ok], cfg.history_items)
     target, _ = chains_to_h([r["steps"] for r in ok], len(steps))
     import copy
 
     student = EncoderStudent(copy.deepcopy(sentence_encoder()), len(steps), cfg)
+    texts, pooled = _student_inputs(dataset, [r["history"] for r in ok], cfg)
     n_hold = max(1, int(len(ok) * holdout))
     tr, ho = slice(n_hold, None), slice(0, n_hold)
-    before = student.evaluate(texts[ho], target[ho])
+    sub = lambda x, s: None if x is None else x[s]  # noqa: E731
+    before = student.evaluate(sub(texts, ho), target[ho], pooled=sub(pooled, ho))
     t0 = time.perf_counter()
-    losses = student.fit(texts[tr], target[tr])
-    after = student.evaluate(texts[ho], target[ho])
+    losses = student.fit(sub(texts, tr), target[tr], pooled=sub(pooled, tr))
+    after = student.evaluate(sub(texts, ho), target[ho], pooled=sub(pooled, ho))
     report = {"train_pairs": len(ok) - n_hold, "heldout_pairs": n_hold, "epoch_losses": losses,
               "heldout_loss_before": before, "heldout_loss_after": after, "train_seconds": time.perf_counter() - t0}
-    torch.save({"head": student.head.state_dict(), "encoder": student.encoder.state_dict(), "k": len(steps),
+    torch.save({"head": student.head.state_dict(), "k": len(steps),
+                "encoder": student.encoder.state_dict() if cfg.train_encoder else None,  # frozen: the package's
                 "config": cfg.model_dump(mode="json")}, out_dir / "encoder_student.pt")
     log.info("encoder student: held-out loss %.4f -> %.4f", before, after)
     return student, report
+
+
+def _student_inputs(dataset: Any, histories: list, cfg: EncoderStudentConfig) -> tuple[list[str] | None,
+                                                                                    np.ndarray | None]:
+    """(texts, None) for the text student; (None, history vectors) for the item-embedding student."""
+    if cfg.history_input == "items":
+        return None, history_vectors(histories, item_embeddings(dataset), max_items=cfg.history_items,
+                                     decay=cfg.recency_decay)
+    return student_texts(dataset, histories, cfg.history_items), None
 
 
 def precompute_h(student: EncoderStudent, dataset: Any, out_dir: Path, cfg: EncoderStudentConfig) -> dict[str, Any]:
@@ -78,8 +95,10 @@ def precompute_h(student: EncoderStudent, dataset: Any, out_dir: Path, cfg: Enco
             continue
         t0 = time.perf_counter()
         if key not in cached:
-            texts = student_texts(dataset, split_histories(dataset, split), cfg.history_items)
-            cached[key] = student.predict(texts, progress=True)
+            texts, pooled = _student_inputs(dataset, split_histories(dataset, split), cfg)
+            if pooled is None and not cfg.train_encoder:
+                pooled = pooled_cached(texts, max_seq_length=cfg.max_seq_length, batch_size=cfg.encode_batch_size)
+            cached[key] = student.predict(texts, progress=True, pooled=pooled)
         h = cached[key]
         save_npy(out_dir / f"H_{split}.npy", h)
         save_npy(out_dir / f"present_{split}.npy", np.ones(len(h), bool))

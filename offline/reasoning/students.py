@@ -44,8 +44,23 @@ class EncoderStudent(nn.Module):
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         feats = self.encoder.tokenize(list(texts))
-        pooled = self.encoder(feats)["sentence_embedding"]
-        return self.head(pooled).view(len(texts), self.k, self.d)
+        return self.from_pooled(self.encoder(feats)["sentence_embedding"])
+
+    def from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The head alone, on sentence embeddings [N, D] (frozen-encoder path)."""
+        return self.head(pooled).view(len(pooled), self.k, self.d)
+
+    def _inputs(self, texts: Sequence[str]) -> Any:
+        """Frozen encoder: embed once (no grad) and train/run only the head on the cached vectors."""
+        if self.config.train_encoder:
+            return list(texts)
+        from offline.reasoning.encode import embed
+
+        self.encoder.eval()
+        return torch.from_numpy(embed(list(texts), batch_size=self.config.encode_batch_size, encoder=self.encoder))
+
+    def _run(self, inputs: Any) -> torch.Tensor:
+        return self(inputs) if isinstance(inputs, list) else self.from_pooled(inputs)
 
     @staticmethod
     def loss(pred: torch.Tensor, target: torch.Tensor, cos_w: float = 1.0, mse_w: float = 1.0) -> torch.Tensor:
@@ -53,11 +68,14 @@ class EncoderStudent(nn.Module):
         cos = nn.functional.cosine_similarity(pred, target, dim=-1)
         return cos_w * (1 - cos).mean() + mse_w * ((pred - target) ** 2).sum(-1).mean()
 
-    def fit(self, texts: Sequence[str], targets: np.ndarray, *, log_every: int = 10) -> list[float]:
-        """Train on (history text, teacher H [N, K, D]); returns the mean loss of each epoch."""
+    def fit(self, texts: Sequence[str] | None, targets: np.ndarray, *, pooled: np.ndarray | None = None,
+            log_every: int = 10) -> list[float]:
+        """Train on (history text or its precomputed vector `pooled`, teacher H [N, K, D]); returns the mean
+        loss of each epoch."""
         cfg = self.config
-        if targets.shape[1:] != (self.k, self.d) or len(texts) != len(targets):
-            raise ValueError(f"targets: expected shape ({len(texts)}, {self.k}, {self.d}), got {targets.shape}")
+        n = len(pooled) if pooled is not None else len(texts or [])
+        if targets.shape[1:] != (self.k, self.d) or n != len(targets):
+            raise ValueError(f"targets: expected shape ({n}, {self.k}, {self.d}), got {targets.shape}")
         torch.manual_seed(cfg.seed)
         rng = random.Random(cfg.seed)
         groups = [{"params": self.head.parameters(), "lr": cfg.head_lr}]
@@ -67,7 +85,8 @@ class EncoderStudent(nn.Module):
             self.encoder.requires_grad_(False)
         opt = torch.optim.AdamW(groups, weight_decay=0.01)
         tgt = torch.from_numpy(np.asarray(targets, np.float32))
-        order = list(range(len(texts)))
+        inputs = torch.from_numpy(np.asarray(pooled, np.float32)) if pooled is not None else self._inputs(texts)
+        order = list(range(n))
         history: list[float] = []
         n_batches = math.ceil(len(order) / cfg.batch_size)
         t0 = time.perf_counter()
@@ -77,11 +96,12 @@ class EncoderStudent(nn.Module):
             total = 0.0
             for b in range(n_batches):
                 idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                loss = self.loss(self([texts[i] for i in idx]), tgt[idx], cfg.cos_weight, cfg.mse_weight)
+                batch = [inputs[i] for i in idx] if isinstance(inputs, list) else inputs[idx]
+                loss = self.loss(self._run(batch), tgt[idx], cfg.cos_weight, cfg.mse_weight)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
                 if log_every and (b + 1) % log_every == 0:
                     log.info("encoder student epoch %d batch %d/%d loss %.4f (%.1fs)", epoch + 1, b + 1,
                              n_batches, float(loss), time.perf_counter() - t0)
@@ -90,21 +110,27 @@ class EncoderStudent(nn.Module):
         return history
 
     @torch.no_grad()
-    def predict(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
-        """H [N, K, D] float32 for every text, batched."""
+    def predict(self, texts: Sequence[str] | None, *, progress: bool = False,
+                pooled: np.ndarray | None = None) -> np.ndarray:
+        """H [N, K, D] float32 for every text, batched. With a frozen encoder, `pooled` (the texts' sentence
+        embeddings, e.g. from `encode.pooled_cached`) skips the encoder pass."""
         from tqdm.auto import tqdm
 
         self.eval()
-        bs = self.config.encode_batch_size
-        out = np.zeros((len(texts), self.k, self.d), np.float32)
-        for s in tqdm(range(0, len(texts), bs), disable=not progress, desc="encoder student", unit="batch"):
-            out[s:s + bs] = self(texts[s:s + bs]).numpy()
+        if pooled is None and not self.config.train_encoder:
+            pooled = self._inputs(texts).numpy()
+        bs = self.config.encode_batch_size if pooled is None else 4096
+        n = len(pooled) if pooled is not None else len(texts or [])
+        out = np.zeros((n, self.k, self.d), np.float32)
+        for s in tqdm(range(0, n, bs), disable=not progress, desc="encoder student", unit="batch"):
+            out[s:s + bs] = (self(list(texts[s:s + bs])) if pooled is None  # type: ignore[index]
+                             else self.from_pooled(torch.from_numpy(pooled[s:s + bs]))).numpy()
         return out
 
-    def evaluate(self, texts: Sequence[str], targets: np.ndarray) -> float:
+    def evaluate(self, texts: Sequence[str] | None, targets: np.ndarray, *, pooled: np.ndarray | None = None) -> float:
         with torch.no_grad():
             self.eval()
-            pred = torch.from_numpy(self.predict(texts))
+            pred = torch.from_numpy(self.predict(texts, pooled=pooled))
             return float(self.loss(pred, torch.from_numpy(np.asarray(targets, np.float32)),
                                    self.config.cos_weight, self.config.mse_weight))
 

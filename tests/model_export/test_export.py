@@ -97,3 +97,28 @@ def test_inconsistent_source_is_refused_before_tracing(trained, tmp_path):
     with pytest.raises(ValueError, match="item_ids"):
         export_bundle(bad, tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+class _Sorter(torch.nn.Module):
+    def forward(self, x):
+        down = torch.sort(x, dim=1, descending=True, stable=True).indices
+        up = torch.sort(x, dim=1, stable=True).indices
+        return down, up
+
+
+def test_stable_sort_translation_breaks_ties_like_torch(tmp_path):
+    """The beam search's final ordering relies on stable sorts; in the graph they become TopK, whose tie rule
+    (lower index first) must give exactly torch's stable order, with heavy ties."""
+    import onnxruntime as ort
+
+    from model_export.export import custom_translations
+
+    x = torch.randint(0, 3, (6, 50)).float()
+    program = torch.onnx.export(_Sorter(), (x,), dynamo=True, custom_translation_table=custom_translations(),
+                                opset_version=18, input_names=["x"], output_names=["down", "up"], report=False)
+    program.save(str(tmp_path / "sort.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "sort.onnx"), providers=["CPUExecutionProvider"])
+    down, up = session.run(None, {"x": x.numpy()})
+    ref_down, ref_up = _Sorter()(x)
+    np.testing.assert_array_equal(down, ref_down.numpy())
+    np.testing.assert_array_equal(up, ref_up.numpy())

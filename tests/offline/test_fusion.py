@@ -420,3 +420,27 @@ def test_history_text_reasoner_matches_array_split_reference() -> None:
             np.testing.assert_allclose(out[b, j], ref, rtol=1e-5, atol=1e-6)
         last = hist[b, -1]
         np.testing.assert_allclose(out[b, 3], vec[succ[last] if succ[last] > 0 else last])
+
+
+def test_per_example_training_h_is_loaded_and_used(tmp_path) -> None:
+    import numpy as np
+
+    from offline.backbones.config import HstuConfig, TrainConfig
+    from offline.scoter_train import ScoterTrainer, load_reasoning, save_reasoning
+
+    ds, splits, codes = _tiny_world(n_users=30)
+    save_reasoning(tmp_path / "H", _planted_reasoning(ds), ds.user_ids)
+    n_ex = len(splits.train[1])
+    per_ex = np.random.default_rng(0).normal(size=(n_ex, 3, 16)).astype(np.float32)
+    np.save(tmp_path / "H" / "H_train_examples.npy", per_ex)
+    arrays = load_reasoning(tmp_path / "H", ds.user_ids)
+    assert arrays.train_examples.shape == (n_ex, 3, 16)
+    trainer = ScoterTrainer("hstu", splits, codes, tmp_path / "run", TrainConfig(epochs=1, batch_size=64, beam=10,
+                            eval_users=0, warmup_steps=0), FusionConfig.small(reasoning_dim=16, d_item=24),
+                            arrays, HstuConfig.small().model_dump(), device="cpu")
+    np.testing.assert_array_equal(trainer.H_examples.numpy(), per_ex)
+    trainer.fit()
+    assert trainer.epoch == 1
+    np.save(tmp_path / "H" / "H_train_examples.npy", per_ex[:, :2])
+    with pytest.raises(ValueError, match="H_train_examples"):
+        load_reasoning(tmp_path / "H", ds.user_ids)

@@ -22,11 +22,12 @@ PAIRS = [
 ]
 
 
-def test_encoder_student_reduces_its_loss() -> None:
+def test_encoder_student_fine_tuned_on_text_reduces_its_loss() -> None:
     torch.set_num_threads(1)
     texts = [prompts.student_history_text(h) for h, _ in PAIRS]
     target, _ = chains_to_h([c for _, c in PAIRS], len(STEPS))
-    cfg = EncoderStudentConfig(epochs=6, batch_size=4, max_seq_length=32, lr=1e-4)
+    cfg = EncoderStudentConfig(history_input="text", train_encoder=True, epochs=6, batch_size=4,
+                               max_seq_length=32, lr=1e-4)
     student = EncoderStudent(copy.deepcopy(sentence_encoder()), len(STEPS), cfg)
     before = student.evaluate(texts, target)
     losses = student.fit(texts, target, log_every=0)
@@ -35,6 +36,24 @@ def test_encoder_student_reduces_its_loss() -> None:
     assert losses[-1] < losses[0]
     h = student.predict(texts)
     assert h.shape == (4, 2, 384) and h.dtype == np.float32 and np.isfinite(h).all()
+
+
+def test_item_vector_student_learns_and_predicts_all_users_from_vectors(tiny_dataset) -> None:
+    from offline.reasoning.encode import history_vectors, item_embeddings
+
+    item_emb = item_embeddings(tiny_dataset)
+    histories = [s[:-2] for s in tiny_dataset.sequences[:4]]
+    pooled = history_vectors(histories, item_emb, max_items=3, decay=0.5)
+    assert np.allclose(np.linalg.norm(pooled, axis=1), 1.0, atol=1e-5)
+    # the newest item weighs most: [4, 5, 10, 4] is closer to item 4 than to item 10
+    assert pooled[1] @ item_emb[3] > pooled[1] @ item_emb[9]
+    target, _ = chains_to_h([c for _, c in PAIRS], len(STEPS))
+    student = EncoderStudent(copy.deepcopy(sentence_encoder()), len(STEPS), EncoderStudentConfig(epochs=30))
+    before = student.evaluate(None, target, pooled=pooled)
+    student.fit(None, target, pooled=pooled, log_every=0)
+    after = student.evaluate(None, target, pooled=pooled)
+    assert after < before * 0.5, (before, after)
+    assert student.predict(None, pooled=pooled).shape == (4, 2, 384)
 
 
 def test_lora_student_trains_and_generates() -> None:

@@ -1,0 +1,53 @@
+"""Distillation pipeline on constructed teacher chains: student training, H for every user and split
+(aligned with Dataset.user_ids), resumability, and `scoter reason encode` from the saved student."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from offline.reasoning import pipeline
+from offline.reasoning.config import EncoderStudentConfig
+
+STEPS = ["User Interest Mining", "Item Recommendation"]
+CHAINS = {0: ["loves nail polish", "a top coat"], 1: ["face makeup routine", "a serum"],
+          2: ["hair care at home", "a hair straightener"], 3: ["nail care", "a nail polish remover"],
+          4: ["skin care", "a lip balm"]}
+
+
+def _teacher(ds) -> dict:
+    records = [{"row": u, "user": ds.user_ids[u], "history": ds.sequences[u][:-2].tolist(), "steps": c}
+               for u, c in CHAINS.items()]
+    records.append({"row": 5, "user": ds.user_ids[5], "history": ds.sequences[5][:-2].tolist(), "steps": None})
+    return {"steps": STEPS, "records": records, "report": {"accepted": 5, "rejected": 1}}
+
+
+def test_student_then_h_for_every_user_and_split(tiny_dataset, tmp_path) -> None:
+    cfg = EncoderStudentConfig(epochs=5)
+    student, rep = pipeline.train_encoder_student(tiny_dataset, _teacher(tiny_dataset), cfg, tmp_path)
+    assert rep["train_pairs"] + rep["heldout_pairs"] == 5  # the rejected chain is not trained on
+    assert rep["epoch_losses"][-1] < rep["epoch_losses"][0]
+    prep = pipeline.precompute_h(student, tiny_dataset, tmp_path, cfg)
+    assert prep["users"] == tiny_dataset.n_users
+    h = {s: np.load(tmp_path / f"H_{s}.npy") for s in ("train", "valid", "test")}
+    assert all(x.shape == (6, 2, 384) and x.dtype == np.float32 for x in h.values())
+    np.testing.assert_array_equal(h["train"], h["valid"])  # same input seq[:-2]
+    assert not np.allclose(h["train"], h["test"])  # test sees one more item
+    assert np.load(tmp_path / "present_test.npy").all()
+    assert json.loads((tmp_path / "user_ids.json").read_text()) == tiny_dataset.user_ids
+    pipeline.write_meta(tmp_path, tiny_dataset, STEPS, {})
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["K"] == 2 and meta["D"] == 384 and meta["template"] == STEPS
+
+    # resumable: existing arrays are kept, not recomputed
+    mtime = (tmp_path / "H_test.npy").stat().st_mtime_ns
+    assert pipeline.precompute_h(student, tiny_dataset, tmp_path, cfg)["seconds_by_split"] == {}
+    assert (tmp_path / "H_test.npy").stat().st_mtime_ns == mtime
+
+    # a row's H depends only on that row's history: recomputing a single user gives the same H
+    from offline.reasoning.encode import history_vectors, item_embeddings
+
+    v = history_vectors([tiny_dataset.sequences[2][:-1]], item_embeddings(tiny_dataset),
+                        max_items=cfg.history_items, decay=cfg.recency_decay)
+    np.testing.assert_allclose(student.predict(None, pooled=v)[0], h["test"][2], atol=1e-5)
