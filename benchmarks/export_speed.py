@@ -141,11 +141,11 @@ def main() -> int:
 
     log.info("ranking all %d test users with ONNX Runtime (batch 256)...", n)
     start = time.perf_counter()
-    ids, scores = run_onnx(ranker, feeds, batch_size=256)
+    ids, scores = run_onnx(ranker, feeds, batch_size=256, progress=True)
     onnx_full = time.perf_counter() - start
     log.info("ONNX Runtime: %d users in %.1f s", n, onnx_full)
     start = time.perf_counter()
-    ref_ids, ref_scores = run_torch(module, feeds, batch_size=256)
+    ref_ids, ref_scores = run_torch(module, feeds, batch_size=256, progress=True)
     torch_full = time.perf_counter() - start
     log.info("PyTorch eager: %d users in %.1f s", n, torch_full)
     parity_fp32 = compare_rankings(ref_ids, ref_scores, ids, scores, topn=10, tie_tolerance=1e-6)
@@ -153,7 +153,7 @@ def main() -> int:
     ranker16 = BundleRanker(bundle, RankerConfig(variant="fp16", intra_op_threads=args.threads))
     sub = {k: v[:m] for k, v in feeds.items()}
     start = time.perf_counter()
-    ids16, scores16 = run_onnx(ranker16, sub, batch_size=256)
+    ids16, scores16 = run_onnx(ranker16, sub, batch_size=256, progress=True)
     fp16_seconds = time.perf_counter() - start
     parity_fp16 = compare_rankings(ref_ids[:m], ref_scores[:m], ids16, scores16, topn=10, tie_tolerance=1e-6)
     recall10 = {name: float(np.mean([t in row[:10] for t, row in zip(targets, r, strict=True)]))

@@ -57,7 +57,7 @@ def _verify(args: argparse.Namespace) -> int:
     feeds, targets, note = dataset_feeds(dataset, manifest.max_history, manifest.reasoning_steps,
                                          manifest.reasoning_dim, "test", args.max_users, args.reasoning_dir)
     report = verify_bundle(src.module, bundle_dir, feeds, VerifyConfig(
-        intra_op_threads=args.threads, variants=tuple(v for v in ("fp32", "fp16") if v in manifest.graphs)))
+        intra_op_threads=args.threads, progress=True, variants=tuple(v for v in ("fp32", "fp16") if v in manifest.graphs)))
     report.update(bundle=str(bundle_dir), model_id=manifest.model_id, **note)
     text = json.dumps(report, indent=2)
     print(text)

@@ -33,15 +33,23 @@ class VerifyConfig(BaseModel):
     tie_tolerance: float = Field(1e-6, ge=0.0)
     variants: tuple[str, ...] = ("fp32", "fp16")
     intra_op_threads: int = Field(1, ge=0)
+    progress: bool = False
 
 
-def run_torch(module: torch.nn.Module, feeds: dict[str, np.ndarray], batch_size: int) -> tuple[np.ndarray, ...]:
+def _batches(n: int, batch_size: int, desc: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress, mininterval=10)
+
+
+def run_torch(module: torch.nn.Module, feeds: dict[str, np.ndarray], batch_size: int,
+              progress: bool = False) -> tuple[np.ndarray, ...]:
     """Eager PyTorch ranking of every row in `feeds`, in batches."""
     module.eval()
     n = feeds["history"].shape[0]
     ids, scores = [], []
     with torch.no_grad():
-        for start in range(0, n, batch_size):
+        for start in _batches(n, batch_size, "pytorch", progress):
             args = [torch.from_numpy(np.ascontiguousarray(feeds[k][start : start + batch_size])) for k in FEED_ORDER]
             i, s = module(*args)
             ids.append(i.numpy())
@@ -49,10 +57,11 @@ def run_torch(module: torch.nn.Module, feeds: dict[str, np.ndarray], batch_size:
     return np.concatenate(ids), np.concatenate(scores)
 
 
-def run_onnx(ranker: BundleRanker, feeds: dict[str, np.ndarray], batch_size: int) -> tuple[np.ndarray, ...]:
+def run_onnx(ranker: BundleRanker, feeds: dict[str, np.ndarray], batch_size: int,
+             progress: bool = False) -> tuple[np.ndarray, ...]:
     n = feeds["history"].shape[0]
     ids, scores = [], []
-    for start in range(0, n, batch_size):
+    for start in _batches(n, batch_size, f"onnxruntime {ranker.config.variant}", progress):
         i, s = ranker.rank(*(feeds[k][start : start + batch_size] for k in FEED_ORDER))
         ids.append(i)
         scores.append(s)
@@ -94,13 +103,13 @@ def verify_bundle(module: torch.nn.Module, bundle_dir: str | Path, feeds: dict[s
     """Rank `feeds` with PyTorch and with every requested graph variant; fp32 must pass the thresholds."""
     config = config or VerifyConfig()
     start = time.perf_counter()
-    ref_ids, ref_scores = run_torch(module, feeds, config.batch_size)
+    ref_ids, ref_scores = run_torch(module, feeds, config.batch_size, config.progress)
     torch_seconds = time.perf_counter() - start
     report: dict[str, Any] = {"torch_seconds": round(torch_seconds, 3), "variants": {}}
     for variant in config.variants:
         ranker = BundleRanker(bundle_dir, RankerConfig(variant=variant, intra_op_threads=config.intra_op_threads))
         start = time.perf_counter()
-        ids, scores = run_onnx(ranker, feeds, config.batch_size)
+        ids, scores = run_onnx(ranker, feeds, config.batch_size, config.progress)
         result = compare_rankings(ref_ids, ref_scores, ids, scores, config.topn, config.tie_tolerance)
         result.update(provider=ranker.provider, onnx_seconds=round(time.perf_counter() - start, 3))
         report["variants"][variant] = result

@@ -137,7 +137,12 @@ class CodeDecoder(nn.Module):
         """Tied output head restricted to position ``position``'s codebook: [..., d] -> [..., V_l]."""
         start = self.offsets[position]
         w = self.embed.weight[start : start + self.codebook_sizes[position]]
-        return (h @ w.t()) * self.cfg.d_model**-0.5
+        return h @ w.t()
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token embeddings scaled to unit per-dimension variance (the table is initialised at d^-0.5 so the
+        tied output head starts with unit-scale logits), so token identity is not drowned by the context."""
+        return self.embed(tokens) * self.cfg.d_model**0.5
 
     def _memory(self, mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(memory for cross-attention, context vector from the newest slot added to every decoder input)."""
@@ -149,7 +154,7 @@ class CodeDecoder(nn.Module):
         m, ctx = self._memory(mem)
         bos = torch.full((B, 1), BOS, dtype=torch.long, device=codes.device)
         inp = torch.cat([bos, self.tokens(codes)[:, :-1]], dim=1)
-        x = self.embed(inp) + self.pos.weight[:L].unsqueeze(0) + ctx.unsqueeze(1)
+        x = self.embed_tokens(inp) + self.pos.weight[:L].unsqueeze(0) + ctx.unsqueeze(1)
         x = self.drop(x)
         cross_mask = mem_mask[:, None, None, :]
         for layer in self.layers:
@@ -176,7 +181,7 @@ class CodeDecoder(nn.Module):
 
     def step(self, token: torch.Tensor, position: int, state: dict) -> tuple[torch.Tensor, dict]:
         """One decoding step: token [N] (the previous token, BOS at position 0) -> log-probs [N, V_position]."""
-        x = self.embed(token)[:, None, :] + self.pos.weight[position] + state["ctx"][:, None, :]
+        x = self.embed_tokens(token)[:, None, :] + self.pos.weight[position] + state["ctx"][:, None, :]
         new_self = []
         for layer, (ck, cv), cache in zip(self.layers, state["cross"], state["self"], strict=True):
             hx = layer.ln1(x)

@@ -44,7 +44,7 @@ class TigerModel(GenerativeBackbone):
         valid = history > 0
         tokens = self.decoder.tokens(self.codes[history])  # [B,T,L]
         tokens = tokens.masked_fill(~valid[:, :, None], PAD)
-        x = self.decoder.embed(tokens) * self.config.d_model**0.5
+        x = self.decoder.embed_tokens(tokens)
         x = x + self.slot.weight[self.config.max_len - T :][None, :, None, :] + self.level.weight[None, None]
         x = self.drop(x.reshape(B, T * L, -1))
         mask = valid[:, :, None].expand(B, T, L).reshape(B, T * L)

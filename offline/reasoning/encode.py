@@ -12,6 +12,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+def embedding_dim(encoder: Any) -> int:
+    """Output dimension (sentence-transformers >= 5 renamed the getter)."""
+    getter = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
+    return int(getter())
+
+
 @functools.lru_cache(maxsize=1)
 def sentence_encoder() -> Any:
     """The packaged MiniLM (384-d), loaded once per process."""
@@ -25,7 +31,7 @@ def embed(texts: Sequence[str], *, batch_size: int = 64, encoder: Any = None,
     """L2-normalised float32 [len(texts), D]."""
     enc = encoder or sentence_encoder()
     if not texts:
-        return np.zeros((0, enc.get_sentence_embedding_dimension()), np.float32)
+        return np.zeros((0, embedding_dim(enc)), np.float32)
     return enc.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
                       show_progress_bar=progress).astype(np.float32)
 
@@ -81,7 +87,7 @@ def chains_to_h(chains: Sequence[Sequence[str] | None], k: int, *, batch_size: i
     """Step texts per user -> (H [N, K, D] float32, present [N] bool). A missing chain gives a zero H and
     present=False, so the fusion model sees it as absent rather than as a real (zero) reasoning."""
     enc = encoder or sentence_encoder()
-    d = enc.get_sentence_embedding_dimension()
+    d = embedding_dim(enc)
     h = np.zeros((len(chains), k, d), np.float32)
     present = np.zeros(len(chains), bool)
     flat, where = [], []

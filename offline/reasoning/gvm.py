@@ -220,7 +220,11 @@ def load_template(spec: str, gvm_dir: Path | None = None) -> list[str]:
 
         if gvm_dir is None:
             raise ValueError("template 'discovered' needs --gvm-dir (the output of `scoter reason discover`)")
-        steps = read_json(Path(gvm_dir) / "template.json").get("steps")
+        path = Path(gvm_dir) / "template.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: run `scoter reason discover` (if GVM found no usable "
+                                    "chain, see its report.json and pick a manual --template)")
+        steps = read_json(path).get("steps")
         if not isinstance(steps, list) or len(steps) < 2 or not all(isinstance(s, str) and s for s in steps):
             raise ValueError(f"{gvm_dir}/template.json: field 'steps' must list at least 2 step names")
         return steps

@@ -7,6 +7,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+PLACEHOLDER = re.compile(r"core reasoning path here|feature description of product|step\s*1\s*->\s*step\s*2",
+                         flags=re.I)
 ARROW = re.compile(r"\s*(?:->|→|=>|⟶|—>|-->|>>)\s*")
 
 
@@ -70,7 +72,10 @@ def parse_gvm_output(text: str, *, min_steps: int = 2) -> GVMResponse:
     if path is None:
         out.error = "no_cot_path"
         return out
-    out.path_steps = split_path(path)
+    if PLACEHOLDER.search(path):  # the prompt's own format text copied back is not a reasoning path
+        out.error = "placeholder_echo"
+        return out
+    out.path_steps = [p for p in split_path(path) if not re.fullmatch(r"(?:step\s*\d*|\.\.\.|…)", p, flags=re.I)]
     if len(out.path_steps) < min_steps:
         out.error = "path_too_short"
         return out

@@ -21,6 +21,7 @@ from torch import nn
 
 from offline.reasoning import prompts
 from offline.reasoning.config import EncoderStudentConfig, LocalLLMConfig, LoraStudentConfig, SamplingParams
+from offline.reasoning.encode import embedding_dim
 from offline.reasoning.parsing import split_chain
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class EncoderStudent(nn.Module):
         self.config = config or EncoderStudentConfig()
         self.encoder = encoder
         self.encoder.max_seq_length = self.config.max_seq_length
-        d = encoder.get_sentence_embedding_dimension()
+        d = embedding_dim(encoder)
         self.k, self.d = k, d
         self.head = nn.Linear(d, k * d)
         with torch.no_grad():
@@ -198,7 +199,7 @@ class LoraStudent:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             self.train_tokens += int(att.sum())
             elapsed = time.perf_counter() - t0
             if (step + 1) % 5 == 0 or step == 0:

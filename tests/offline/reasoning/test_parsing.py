@@ -45,6 +45,10 @@ def test_malformed_outputs_are_counted_not_raised() -> None:
     # the prompt's own placeholder echoed back is not a recommendation
     echoed = "<cot_path>a -> b</cot_path><recommendations><item>Detailed feature description of product 1</item>"
     assert parse_gvm_output(echoed).error == "no_recommendations"
+    echoed_path = "<cot_path>[Summarize the core reasoning path here: Step 1 -> Step 2 -> Item recommendation]"
+    assert parse_gvm_output(echoed_path + "<item>x y z</item>").error == "placeholder_echo"
+    # bare 'Step' / '...' fragments are not steps
+    assert parse_gvm_output("<cot_path>Look at brands -> Step -> ...</cot_path><item>lip balm</item>").error == "path_too_short"
 
 
 def test_best_path_parsing_and_rejection() -> None:
