@@ -100,7 +100,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads (same for both)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-users", type=int, help="limit the full test-set pass (default: all)")
-    parser.add_argument("--fp16-users", type=int, default=2000)
+    parser.add_argument("--fp16-users", type=int, default=2000, help="users for the fp16 and int8 parity runs")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/export.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -130,13 +130,20 @@ def main() -> int:
     def ort_fn(f):
         return ranker.rank(*(f[k] for k in FEEDS))
 
+    ranker8 = BundleRanker(bundle, RankerConfig(variant="int8", intra_op_threads=args.threads))
+
+    def int8_fn(f):
+        return ranker8.rank(*(f[k] for k in FEEDS))
+
     speed = {}
     for batch in (1, 64):
         # interleaved so machine load (shared 2-core sandbox) hits both alike
         t = [users_per_second(torch_fn, feeds, batch, args.repeats) for _ in range(2)]
         o = [users_per_second(ort_fn, feeds, batch, args.repeats) for _ in range(2)]
+        q = [users_per_second(int8_fn, feeds, batch, args.repeats) for _ in range(2)]
         speed[f"batch_{batch}"] = {"torch_users_per_s": round(max(t), 1), "onnx_users_per_s": round(max(o), 1),
-                                   "speedup": round(max(o) / max(t), 2)}
+                                   "speedup": round(max(o) / max(t), 2), "onnx_int8_users_per_s": round(max(q), 1),
+                                   "int8_speedup": round(max(q) / max(t), 2)}
         log.info("batch %d: %s", batch, speed[f"batch_{batch}"])
 
     log.info("ranking all %d test users with ONNX Runtime (batch 256)...", n)
@@ -156,6 +163,10 @@ def main() -> int:
     ids16, scores16 = run_onnx(ranker16, sub, batch_size=256, progress=True)
     fp16_seconds = time.perf_counter() - start
     parity_fp16 = compare_rankings(ref_ids[:m], ref_scores[:m], ids16, scores16, topn=10, tie_tolerance=1e-6)
+    start = time.perf_counter()
+    ids8, scores8 = run_onnx(ranker8, sub, batch_size=256, progress=True)
+    int8_seconds = time.perf_counter() - start
+    parity_int8 = compare_rankings(ref_ids[:m], ref_scores[:m], ids8, scores8, topn=10, tie_tolerance=1e-6)
     recall10 = {name: float(np.mean([t in row[:10] for t, row in zip(targets, r, strict=True)]))
                 for name, r in (("torch", ref_ids), ("onnx_fp32", ids))}
 
@@ -176,8 +187,9 @@ def main() -> int:
         "speed": speed,
         "full_test_set": {"users": n, "onnx_fp32_seconds": round(onnx_full, 1),
                           "onnx_users_per_s": round(n / onnx_full, 1), "torch_seconds": round(torch_full, 1),
-                          "batch_size": 256, "fp16_users": m, "onnx_fp16_seconds": round(fp16_seconds, 1)},
-        "parity_fp32": parity_fp32, "parity_fp16": parity_fp16,
+                          "batch_size": 256, "fp16_users": m, "onnx_fp16_seconds": round(fp16_seconds, 1),
+                          "onnx_int8_seconds": round(int8_seconds, 1)},
+        "parity_fp32": parity_fp32, "parity_fp16": parity_fp16, "parity_int8": parity_int8,
         "recall_at_10": recall10, "inputs": note,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ def _export(args: argparse.Namespace) -> int:
     config = ExportConfig(
         model_id=args.model_id or f"scoter-{src.backbone}-{src.provenance['dataset']}",
         model_version=args.model_version, reasoning_version=args.reasoning_version, opset=args.opset,
-        fp16=not args.no_fp16, overwrite=args.overwrite,
+        fp16=not args.no_fp16, int8=not args.no_int8, overwrite=args.overwrite,
     )
     manifest = export_bundle(src, args.out, config)
     print(json.dumps({"bundle": str(args.out), "model_id": manifest.model_id, "graphs": manifest.graphs}))
@@ -57,7 +57,7 @@ def _verify(args: argparse.Namespace) -> int:
     feeds, targets, note = dataset_feeds(dataset, manifest.max_history, manifest.reasoning_steps,
                                          manifest.reasoning_dim, "test", args.max_users, args.reasoning_dir)
     report = verify_bundle(src.module, bundle_dir, feeds, VerifyConfig(
-        intra_op_threads=args.threads, progress=True, variants=tuple(v for v in ("fp32", "fp16") if v in manifest.graphs)))
+        intra_op_threads=args.threads, progress=True, variants=tuple(v for v in ("fp32", "fp16", "int8") if v in manifest.graphs)))
     report.update(bundle=str(bundle_dir), model_id=manifest.model_id, **note)
     text = json.dumps(report, indent=2)
     print(text)
@@ -81,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reasoning-version", default="none")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--no-fp16", action="store_true", help="skip the fp16 graph")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 CPU graph")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=_export)

@@ -31,7 +31,7 @@ class VerifyConfig(BaseModel):
     min_list_agreement: float = Field(0.999, ge=0.0, le=1.0)
     max_score_diff: float = Field(1e-4, gt=0.0)
     tie_tolerance: float = Field(1e-6, ge=0.0)
-    variants: tuple[str, ...] = ("fp32", "fp16")
+    variants: tuple[str, ...] = ("fp32", "fp16", "int8")
     intra_op_threads: int = Field(1, ge=0)
     progress: bool = False
 

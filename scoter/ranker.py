@@ -32,7 +32,7 @@ class InputError(ValueError):
 class RankerConfig(BaseModel):
     """ONNX Runtime session settings for one bundle."""
 
-    variant: Literal["fp32", "fp16"] = "fp32"
+    variant: Literal["fp32", "fp16", "int8"] = Field("fp32", description="fp16 for GPUs, int8 for CPUs")
     intra_op_threads: int = Field(default=0, ge=0, description="0 = ONNX Runtime's default (all cores)")
     inter_op_threads: int = Field(default=1, ge=0)
     providers: list[str] | None = Field(default=None, description="None: CUDA if available, else CPU")

@@ -33,7 +33,7 @@ def test_valid_bundle_loads_with_recorded_dimensions(bundle, trained):
     assert manifest.code_length == len(src.codebook_sizes) and manifest.codebook_sizes == src.codebook_sizes
     assert (manifest.reasoning_steps, manifest.reasoning_dim) == (src.reasoning_steps, src.reasoning_dim)
     assert manifest.default_beam == src.beam and manifest.max_history == src.max_history
-    assert set(manifest.graphs) == {"fp32", "fp16"}
+    assert set(manifest.graphs) == {"fp32", "fp16", "int8"}
     assert [s.name for s in manifest.inputs] == ["history", "history_mask", "reasoning", "reasoning_present"]
     assert [s.name for s in manifest.outputs] == ["item_ids", "scores"]
     on_disk = {p.name for p in bundle.iterdir()} - {MANIFEST_NAME}
@@ -42,7 +42,8 @@ def test_valid_bundle_loads_with_recorded_dimensions(bundle, trained):
         assert sha256_file(bundle / name) == digest
 
 
-@pytest.mark.parametrize("name", ["model.onnx", "model.fp16.onnx", "items.json", "codes.npy", "trie.npz"])
+@pytest.mark.parametrize("name", ["model.onnx", "model.fp16.onnx", "model.int8.onnx", "items.json", "codes.npy",
+                                  "trie.npz"])
 def test_missing_file_is_refused(bundle_copy, name):
     (bundle_copy / name).unlink()
     with pytest.raises(BundleError, match=f"{name}.*missing"):

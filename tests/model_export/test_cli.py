@@ -36,7 +36,7 @@ def tiny_run(trained, tmp_path, monkeypatch):
 def test_export_then_verify(tiny_run):
     ckpt, codes, tmp = tiny_run
     out = tmp / "bundle"
-    assert main(["export", "--checkpoint", str(ckpt), "--codes", str(codes), "--out", str(out), "--no-fp16",
+    assert main(["export", "--checkpoint", str(ckpt), "--codes", str(codes), "--out", str(out), "--no-fp16", "--no-int8",
                  "--model-version", "7"]) == 0
     manifest, _ = load_bundle(out)
     assert manifest.model_version == "7" and manifest.graphs == {"fp32": "model.onnx"}

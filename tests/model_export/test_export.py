@@ -50,6 +50,8 @@ def test_fp32_parity_with_pytorch(bundle, trained):
     assert fp32["users"] == 264 and fp32["list_agreement"] >= 0.999 and fp32["max_abs_score_diff"] <= 1e-4
     fp16 = report["variants"]["fp16"]
     assert fp16["padding_agrees"] and fp16["overlap_at_n"] >= 0.8  # fp16 reorders near-ties, keeps the items
+    int8 = report["variants"]["int8"]
+    assert int8["padding_agrees"] and int8["overlap_at_n"] >= 0.8
 
 
 @pytest.mark.parametrize("batch,length", [(1, None), (37, None), (5, 3)])
@@ -86,7 +88,7 @@ def test_reasoning_changes_the_ranking_in_the_graph(bundle, trained):
 def test_hstu_backbone_exports_with_parity(tmp_path):
     torch.set_num_threads(1)
     src, data = train_tiny("hstu", steps=5)
-    export_bundle(src, tmp_path / "hstu", ExportConfig(model_id="tiny-hstu", fp16=False))
+    export_bundle(src, tmp_path / "hstu", ExportConfig(model_id="tiny-hstu", fp16=False, int8=False))
     report = verify_bundle(src.module, tmp_path / "hstu", _feeds(data), VerifyConfig(variants=("fp32",)))
     assert report["passed"], report
 

@@ -78,8 +78,9 @@ def test_unavailable_provider_is_refused(bundle):
         BundleRanker(bundle, RankerConfig(providers=["NoSuchExecutionProvider"]))
 
 
-def test_fp16_variant_uses_the_same_interface(bundle):
-    ranker = BundleRanker(bundle, RankerConfig(variant="fp16", intra_op_threads=1))
+@pytest.mark.parametrize("variant", ["fp16", "int8"])
+def test_reduced_precision_variants_use_the_same_interface(bundle, variant):
+    ranker = BundleRanker(bundle, RankerConfig(variant=variant, intra_op_threads=1))
     ids, scores = ranker.rank(**_good(ranker))
     assert ids.shape == scores.shape == (3, ranker.manifest.default_beam) and scores.dtype == np.float32
     assert ((ids >= 1) & (ids <= ranker.manifest.n_items)).all()
