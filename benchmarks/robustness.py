@@ -63,6 +63,8 @@ def plot(gains: dict[str, dict[str, dict[str, Any]]], sweep: dict[str, Any] | No
         for metric in ("recall@10", "ndcg@10"):
             axes[2].plot([float(x) for x in lams], [sweep[x]["test"][metric] for x in lams], marker="o", label=metric)
         axes[2].set_xscale("log")
+        axes[2].set_xticks([float(x) for x in lams], labels=lams)
+        axes[2].minorticks_off()
         axes[2].set_xlabel("lambda (InfoNCE weight)")
         axes[2].set_title("lambda sweep (test)")
         axes[2].legend()

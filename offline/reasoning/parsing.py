@@ -110,7 +110,8 @@ def _norm(s: str) -> str:
 
 def split_chain(text: str, steps: Sequence[str]) -> list[str] | None:
     """Split a template-shaped chain into its K step texts by the '**step name:**' headers (bold optional,
-    case and punctuation ignored). Returns None when any step is missing or empty: the chain is rejected."""
+    case and punctuation ignored). Returns None when any step is missing or has no word in it (e.g. just
+    "1."): the chain is rejected."""
     norm_steps = [_norm(s) for s in steps]
     header = re.compile(r"^\s*(?:[-*#>\d.)\s]*)\**\s*([^:*\n]{2,120}?)\s*\**\s*:\s*\**\s*(.*)$")
     found: dict[int, list[str]] = {}
@@ -129,7 +130,7 @@ def split_chain(text: str, steps: Sequence[str]) -> list[str] | None:
     parts = []
     for k in range(len(steps)):
         body = " ".join(x for x in found.get(k, []) if x).strip().strip("*").strip()
-        if not body:
+        if not re.search(r"[^\W\d_]{3,}", body):  # empty, or only numbering/punctuation ("1.", "-"): missing
             return None
         parts.append(body)
     return parts

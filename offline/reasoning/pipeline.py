@@ -25,6 +25,7 @@ from offline.reasoning.encode import (
 )
 from offline.reasoning.io import read_json, save_npy, write_json
 from offline.reasoning.llm import LLM
+from offline.reasoning.parsing import split_chain
 from offline.reasoning.students import EncoderStudent, LoraStudent, student_texts
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,15 @@ def split_histories(dataset: Any, split: str) -> list[np.ndarray]:
 def run_teacher(llm: LLM, dataset: Any, steps: list[str], cfg: DistillConfig, out_dir: Path) -> dict[str, Any]:
     """Teacher chains for `teacher_users` sampled training users -> teacher_chains.json, H_teacher.npy."""
     path = out_dir / ("teacher_chains_oracle.json" if cfg.oracle else "teacher_chains.json")
-    if path.exists():
-        log.info("teacher chains exist: %s", path)
-        return read_json(path)
+    if path.exists():  # resume: re-split the saved raw chains so the current rejection rule applies
+        saved = read_json(path)
+        for r in saved["records"]:
+            r["steps"] = split_chain(r["raw"], saved["steps"])
+        rejected = sum(r["steps"] is None for r in saved["records"])
+        saved["report"].update(accepted=len(saved["records"]) - rejected, rejected=rejected,
+                               rejected_rate=rejected / max(len(saved["records"]), 1))
+        log.info("teacher chains loaded from %s (%d rejected)", path, rejected)
+        return saved
     rows = corpus.sample_users(dataset, cfg.teacher_users, cfg.seed + 1)
     records, report = teacher_chains(llm, dataset, steps, rows, cfg)
     out = {"report": report, "steps": steps, "records": records}

@@ -71,3 +71,5 @@ def test_split_chain_accepts_loose_headers_and_rejects_missing_steps() -> None:
     assert split_chain("**User Profile Summary:** x\n**Item Recommendation:** y", steps) is None
     assert split_chain("**User Profile Summary:** x\n**User Interest Extraction:**\n**Item Recommendation:** y",
                        steps) is None  # an empty step is a missing step
+    assert split_chain("**User Profile Summary:** 1.\n**User Interest Extraction:** 2.\n**Item Recommendation:** 3.",
+                       steps) is None  # numbering only: the small teacher wrote nothing

@@ -51,3 +51,20 @@ def test_student_then_h_for_every_user_and_split(tiny_dataset, tmp_path) -> None
     v = history_vectors([tiny_dataset.sequences[2][:-1]], item_embeddings(tiny_dataset),
                         max_items=cfg.history_items, decay=cfg.recency_decay)
     np.testing.assert_allclose(student.predict(None, pooled=v)[0], h["test"][2], atol=1e-5)
+
+
+def test_resumed_teacher_chains_are_resplit_with_the_current_rule(tiny_dataset, tmp_path) -> None:
+    from offline.reasoning.config import DistillConfig
+    from offline.reasoning.io import write_json
+
+    good = "**User Interest Mining:** likes nails\n**Item Recommendation:** a top coat"
+    junk = "**User Interest Mining:** 1.\n**Item Recommendation:** 2."
+    saved = {"steps": STEPS, "report": {"accepted": 2, "rejected": 0},
+             "records": [{"row": 0, "raw": good, "steps": ["stale", "stale"]},
+                         {"row": 1, "raw": junk, "steps": ["1.", "2."]}]}
+    write_json(tmp_path / "teacher_chains.json", saved)
+    # no LLM is needed (None): the saved chains are reused, never regenerated
+    out = pipeline.run_teacher(None, tiny_dataset, STEPS, DistillConfig(), tmp_path)  # type: ignore[arg-type]
+    assert out["records"][0]["steps"] == ["likes nails", "a top coat"]
+    assert out["records"][1]["steps"] is None
+    assert out["report"]["accepted"] == 1 and out["report"]["rejected"] == 1
