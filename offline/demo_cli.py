@@ -126,7 +126,7 @@ class StageRunner:
             assert proc.stdout is not None
             for line in proc.stdout:
                 fh.write(line)
-                if not line.startswith(("\r",)) and "it/s]" not in line and "batch/s]" not in line:
+                if "%|" not in line:  # progress bars go to the log file only
                     sys.stdout.write(f"  [{name}] {line}")
             rc = proc.wait()
         if rc != 0:

@@ -111,6 +111,16 @@ def precompute_h(student: EncoderStudent, dataset: Any, out_dir: Path, cfg: Enco
         save_npy(out_dir / f"present_{split}.npy", np.ones(len(h), bool))
         times[split] = time.perf_counter() - t0
         log.info("H_%s: %s in %.0fs (%.1f users/s)", split, h.shape, times[split], len(h) / max(times[split], 1e-9))
+    if cfg.history_input == "items" and not (out_dir / "H_train_examples.npy").exists():
+        # Per-prefix H for the training rows (LeaveOneOut.train_examples order): a prefix's H must not see its
+        # own target, which the per-user H_train (input seq[:-2]) does for every earlier prefix.
+        t0 = time.perf_counter()
+        prefixes = [s[:t] for s in (seq[:-2] for seq in dataset.sequences) for t in range(1, len(s))]
+        _, pooled = _student_inputs(dataset, prefixes, cfg)
+        h = student.predict(None, progress=True, pooled=pooled).astype(np.float16)
+        save_npy(out_dir / "H_train_examples.npy", h)
+        times["train_examples"] = time.perf_counter() - t0
+        log.info("H_train_examples: %s in %.0fs", h.shape, times["train_examples"])
     write_json(out_dir / "user_ids.json", list(dataset.user_ids))
     return {"seconds_by_split": times, "users": dataset.n_users}
 
