@@ -44,16 +44,20 @@ class DemoConfig(BaseModel):
     scoter_epochs: int = 30
     scoter_seconds: int = 150
     beam: int = 20
+    fallback_template: str = "beauty_paper"  # used when GVM finds no usable path (small local LLM)
     reasoning_version: str = "demo-v1"
     show_users: int = 3
     threads: int = 2
-    extra_train_args: list[str] = Field(default_factory=list)
+    # CPU-sized decoder and a faster schedule for the quick demo (the paper's 3x256 decoder needs a GPU)
+    extra_train_args: list[str] = Field(default_factory=lambda: [
+        "--model-config", '{"decoder": {"d_model": 64, "layers": 2, "heads": 4, "d_kv": 16, "d_ff": 128}}',
+        "--lr", "2e-3", "--warmup-steps", "100", "--batch-size", "256"])
 
     @classmethod
     def full(cls) -> DemoConfig:
         return cls(users=None, sid_method="rqvae", backbone_epochs=300, backbone_seconds=10**7, gvm_users=64,
                    teacher_users=1000, lora_users=200, lora_seconds=3600, student_epochs=50, scoter_epochs=300,
-                   scoter_seconds=10**7)
+                   scoter_seconds=10**7, extra_train_args=[])
 
 
 @dataclass
@@ -117,7 +121,7 @@ class StageRunner:
         self.log_dir = out / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
-    def run(self, name: str, *args: str) -> None:
+    def run(self, name: str, *args: str, allow_failure: bool = False) -> bool:
         cmd = [sys.executable, "-m", "scoter.cli", *args]
         log.info("$ scoter %s", " ".join(args))
         with open(self.log_dir / f"{name}.log", "w") as fh:
@@ -129,8 +133,9 @@ class StageRunner:
                 if "%|" not in line:  # progress bars go to the log file only
                     sys.stdout.write(f"  [{name}] {line}")
             rc = proc.wait()
-        if rc != 0:
+        if rc != 0 and not allow_failure:
             raise RuntimeError(f"stage {name} failed (exit {rc}); full log: {self.log_dir / (name + '.log')}")
+        return rc == 0
 
     def start_service(self, bundle: Path, port: int, redis_url: str, version: str) -> subprocess.Popen:
         env = dict(self.env, SCOTER_REASONING_VERSION=version)
@@ -274,13 +279,18 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict:
 
     reasoning_dir = art / "reasoning"
     t = time.monotonic()
-    if not (reasoning_dir / "gvm" / "report.json").exists():
-        runner.run("gvm", "reason", "discover", "--dataset", name, "--users", str(cfg.gvm_users))
-    stages.add("reasoning: GVM", time.monotonic() - t, str(reasoning_dir / "gvm"))
+    discovered = (reasoning_dir / "gvm" / "template.json").exists() or runner.run(
+        "gvm", "reason", "discover", "--dataset", name, "--users", str(cfg.gvm_users), allow_failure=True)
+    template = "discovered" if discovered else cfg.fallback_template
+    if not discovered:
+        # A 135M model rarely writes a well-formed chain; a real deployment points --llm at a strong model.
+        log.warning("GVM found no usable reasoning path with this LLM; distilling with the paper's %s template "
+                    "instead (see %s)", cfg.fallback_template, reasoning_dir / "gvm" / "chains.json")
+    stages.add("reasoning: GVM", time.monotonic() - t, f"{reasoning_dir / 'gvm'} (template: {template})")
 
     t = time.monotonic()
     if not (reasoning_dir / "H_test.npy").exists():
-        runner.run("distill", "reason", "distill", "--dataset", name, "--template", "discovered",
+        runner.run("distill", "reason", "distill", "--dataset", name, "--template", template,
                    "--teacher-users", str(cfg.teacher_users), "--lora-users", str(cfg.lora_users),
                    "--lora-seconds", str(cfg.lora_seconds), "--epochs", str(cfg.student_epochs))
     stages.add("reasoning: distill + H", time.monotonic() - t, str(reasoning_dir))
