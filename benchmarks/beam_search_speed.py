@@ -34,6 +34,7 @@ from offline.backbones import (  # noqa: E402
 )
 from offline.backbones.train import Splits, default_codes_path  # noqa: E402
 from offline.semantic_ids import SemanticIds  # noqa: E402
+from scoter.io import write_json_atomic  # noqa: E402
 
 
 def find_codes(explicit: Path | None) -> Path:
@@ -158,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_items": sid.n_items,
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_json_atomic(args.out, doc)
     print(f"wrote {args.out}")
     return 0
 

@@ -43,8 +43,8 @@ def main() -> int:
     import torch
 
     from offline.data import DataConfig
-    from offline.evaluation import write_result
-    from offline.sasrec import SasrecConfig, evaluate_checkpoint, train_sasrec
+    from offline.sasrec import SasrecConfig, evaluate_checkpoint, train_sasrec, write_checkpoint_result
+    from scoter.io import write_json_atomic
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -54,21 +54,16 @@ def main() -> int:
         )
         doc = train_sasrec(config, args.run_dir)
         doc["mode"] = "train"
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        write_json_atomic(args.out, doc, default=str)
         print(json.dumps(doc["metrics"]["test"]["overall"], indent=2))
         return 0
 
     res = evaluate_checkpoint(args.checkpoint)
     elapsed = time.perf_counter() - t0
     training = [json.loads(Path(f).read_text()) for f in args.train_results]
-    metrics = {k: res[k] for k in ("valid", "test", "checkpoint_epoch")}
-    write_result(
+    write_checkpoint_result(
         args.out,
-        metrics,
-        res["config"],
-        res["config"].seed,
-        res["dataset"],
+        res,
         elapsed_s=elapsed,
         mode="evaluate-checkpoint",
         command="PYTHONPATH=. python benchmarks/beauty_sasrec.py "

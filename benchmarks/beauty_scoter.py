@@ -27,6 +27,7 @@ import torch
 from offline.backbones.config import TrainConfig
 from offline.evaluation import MACHINE, git_commit
 from offline.scoter_train import ScoterRunConfig, run_scoter
+from scoter.io import write_json_atomic
 from scoter.paths import REPO_ROOT, artifacts_root
 
 RESULTS = REPO_ROOT / "benchmarks" / "results"
@@ -81,10 +82,7 @@ def provenance(args: argparse.Namespace, started: float) -> dict[str, Any]:
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_json_atomic(path, doc, default=str)
 
 
 def targets(doc: dict[str, Any]) -> dict[str, bool]:

@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import platform
-import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,18 +23,13 @@ import torch
 
 from offline.data import load_benchmark
 from offline.embeddings import EmbeddingConfig, ItemEmbedder
-from offline.semantic_ids import SemanticIdConfig, atomic_output, build_semantic_ids
+from offline.semantic_ids import SemanticIdConfig, build_semantic_ids
 from offline.trie import PrefixTrie
+from scoter.io import atomic_write, write_json_atomic
 from scoter.paths import REPO_ROOT, artifacts_root
+from scoter.provenance import git_commit
 
 log = logging.getLogger("beauty_semantic_ids")
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _trie_timing(trie: PrefixTrie, codes: np.ndarray, repeats: int = 5) -> dict[str, float]:
@@ -75,7 +69,7 @@ def main() -> int:
     embedder = ItemEmbedder(EmbeddingConfig())
     emb = embedder.encode_items(ds)
     embed_s = time.perf_counter() - t0
-    with atomic_output(art / "item_embeddings.npy") as tmp:
+    with atomic_write(art / "item_embeddings.npy") as tmp:
         np.save(tmp, emb)
 
     result: dict = {
@@ -84,7 +78,7 @@ def main() -> int:
         "machine": "2-core CPU sandbox",
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "dataset": {"name": ds.name, "n_items": ds.n_items, "checksum": ds.checksum},
         "embeddings": {
             "model": embedder.config.model_id(),
@@ -128,8 +122,7 @@ def main() -> int:
             json.dumps({k: result["methods"][method][k] for k in ("collision_rate", "seconds")}),
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(args.out) as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

@@ -14,10 +14,8 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 from model_export.export import ExportConfig, export_bundle  # noqa: E402
 from model_export.source import dataset_feeds, load_ranking_source  # noqa: E402
 from model_export.verify import compare_rankings, run_onnx, run_torch  # noqa: E402
+from scoter.io import atomic_write, write_json_atomic  # noqa: E402
+from scoter.provenance import git_commit  # noqa: E402
 from scoter.ranker import BundleRanker, RankerConfig  # noqa: E402
 
 log = logging.getLogger("export_speed")
@@ -70,10 +70,8 @@ def brief_train(codes_path: Path, out: Path, steps: int, k: int, batch: int, see
     state = {"backbone": "tiger", "model_config": cfg.model_dump(), "model": model.state_dict(),
              "fusion_config": fusion_cfg.model_dump(), "dataset": "beauty", "reasoning_steps": k,
              "note": f"brief: {steps} steps x {batch}, synthetic H"}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, out)
+    with atomic_write(out) as tmp:
+        torch.save(state, tmp)
     return out
 
 
@@ -170,12 +168,11 @@ def main() -> int:
     recall10 = {name: float(np.mean([t in row[:10] for t, row in zip(targets, r, strict=True)]))
                 for name, r in (("torch", ref_ids), ("onnx_fp32", ids))}
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     result = {
         "benchmark": "export_speed",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": "2-core CPU sandbox (shared)", "cpu": platform.processor() or platform.machine(),
-        "git_commit": commit.stdout.strip(),
+        "git_commit": git_commit(),
         "command": " ".join(["python", "benchmarks/export_speed.py", *sys.argv[1:]]),
         "checkpoint": str(checkpoint), "checkpoint_note": torch.load(checkpoint, weights_only=False).get("note"),
         "model": {"backbone": "tiger (paper size) + fusion", "n_items": int(src.codes.shape[0] - 1),
@@ -192,10 +189,7 @@ def main() -> int:
         "parity_fp32": parity_fp32, "parity_fp16": parity_fp16, "parity_int8": parity_int8,
         "recall_at_10": recall10, "inputs": note,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, args.out)
+    write_json_atomic(args.out, result)
     log.info("wrote %s", args.out)
     print(json.dumps(result, indent=2))
     return 0

@@ -12,11 +12,11 @@ import datetime as dt
 import json
 import logging
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 from scoter.paths import REPO_ROOT, artifacts_root
+from scoter.provenance import git_commit
 
 log = logging.getLogger("benchmarks.reasoning")
 
@@ -109,8 +109,7 @@ def main() -> None:
     result = {
         "benchmark": "reasoning", "dataset": args.dataset, "machine": "2-core CPU sandbox (shared)",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                     cwd=REPO_ROOT).stdout.strip(),
+        "git_commit": git_commit(),
         "python": platform.python_version(), "torch": torch.__version__,
         "command": "OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/reasoning.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "results"),

@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from benchmarks.beauty_scoter import RESULTS, add_args, provenance, run_config, write_json  # noqa: E402
 from offline.scoter_train import baseline_dir, run_scoter  # noqa: E402
+from scoter.io import atomic_write  # noqa: E402
 from scoter.paths import artifacts_root  # noqa: E402
 
 GROUPS = ("user_length", "item_popularity")
@@ -70,11 +71,9 @@ def plot(gains: dict[str, dict[str, dict[str, Any]]], sweep: dict[str, Any] | No
         axes[2].legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main() -> int:

@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scoter.bundle import load_bundle  # noqa: E402
+from scoter.io import write_json_atomic  # noqa: E402
+from scoter.provenance import git_commit  # noqa: E402
 from scoter.reasoning_store import encode, reasoning_key  # noqa: E402
 
 log = logging.getLogger("service_latency")
@@ -44,13 +46,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def start_server(bundle: Path, env_extra: dict[str, str], port: int, workers: int) -> subprocess.Popen:
@@ -219,10 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                      "redis_deadline_ms": args.redis_deadline_ms},
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(out, indent=2) + "\n")
-    tmp_out.replace(args.out)
+    write_json_atomic(args.out, out)
     log.info("wrote %s", args.out)
     return 0
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
+
+from scoter.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,7 @@ def _verify(args: argparse.Namespace) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.report:
-        tmp = Path(f"{args.report}.tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, args.report)
+        write_text_atomic(args.report, text + "\n")
     return 0 if report["passed"] else 1
 
 

@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from offline.cli_common import add_dataset_args, get_or_add_subparsers
+
 
 def _add_data_args(p: argparse.ArgumentParser, default_dataset: str | None = None) -> None:
-    p.add_argument("--dataset", default=default_dataset, help="benchmark folder under the data root")
-    p.add_argument("--data-root", type=Path, default=None, help="benchmark root (default: $SCOTER_DATA_DIR)")
+    add_dataset_args(p, default=default_dataset)
     p.add_argument("--interactions", type=Path, default=None, help="CSV/Parquet user,item,timestamp table")
     p.add_argument("--items", type=Path, default=None, help="optional item table for --interactions")
     p.add_argument("--user-col", default="user")
@@ -86,23 +87,13 @@ def _train_sasrec(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from offline.evaluation import write_result
-    from offline.sasrec import evaluate_checkpoint
+    from offline.sasrec import evaluate_checkpoint, write_checkpoint_result
 
     res = evaluate_checkpoint(args.checkpoint)
     summary = {split: res[split]["overall"] for split in ("valid", "test")}
     print(json.dumps(summary, indent=2))
     if args.out:
-        metrics = {k: res[k] for k in ("valid", "test", "checkpoint_epoch")}
-        write_result(
-            args.out,
-            metrics,
-            res["config"],
-            res["config"].seed,
-            res["dataset"],
-            checkpoint=str(args.checkpoint),
-            model="sasrec",
-        )
+        write_checkpoint_result(args.out, res, checkpoint=str(args.checkpoint), model="sasrec")
         print(f"results: {args.out}")
     return 0
 
@@ -116,7 +107,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stats.add_argument("--json", action="store_true", help="print one JSON line")
     stats.set_defaults(func=_stats)
 
-    train = _get_or_add(subparsers, "train", "train a model")
+    train = get_or_add_subparsers(subparsers, "train", "train a model")
     sas = train.add_parser("sasrec", help="train the SASRec baseline (full-catalogue CE)")
     _add_data_args(sas, default_dataset="beauty")
     sas.add_argument("--out", type=Path, default=None, help="run folder (checkpoints, results.json)")
@@ -141,18 +132,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--checkpoint", type=Path, required=True)
     ev.add_argument("--out", type=Path, default=None, help="write a results JSON here")
     ev.set_defaults(func=_evaluate)
-
-
-def _get_or_add(subparsers: argparse._SubParsersAction, name: str, help_: str) -> argparse._SubParsersAction:
-    """`scoter train` is shared with other components (train tiger|hstu|scoter): reuse its sub-parsers if
-    another module registered it first, else create it and keep the handle on the parser for them."""
-    existing = subparsers.choices.get(name)
-    if existing is not None and getattr(existing, "_scoter_sub", None) is not None:
-        return existing._scoter_sub
-    parser = subparsers.add_parser(name, help=help_)
-    sub = parser.add_subparsers(dest=f"{name}_command", required=True)
-    parser._scoter_sub = sub  # type: ignore[attr-defined]
-    return sub
 
 
 if (

@@ -35,14 +35,14 @@ class DemoConfig(BaseModel):
     sid_method: str = "rqkmeans"
     backbone: str = "hstu"
     backbone_epochs: int = 30
-    backbone_seconds: int = 150
+    backbone_seconds: int = 120
     gvm_users: int = 6
-    teacher_users: int = 24
+    teacher_users: int = 8
     lora_users: int = 4
     lora_seconds: int = 60
     student_epochs: int = 30
     scoter_epochs: int = 30
-    scoter_seconds: int = 150
+    scoter_seconds: int = 120
     beam: int = 20
     fallback_template: str = "beauty_paper"  # used when GVM finds no usable path (small local LLM)
     reasoning_version: str = "demo-v1"
@@ -194,8 +194,10 @@ def show_recommendations(url: str, dataset_dir: Path, reasoning_dir: Path, n_use
         for raw in items_path.read_text().splitlines():
             rec = json.loads(raw)
             titles[str(rec["item_id"])] = rec.get("title") or str(rec["item_id"])
-    users = [line.split() for line in (dataset_dir / "sequences.txt").read_text().splitlines()[:n_users]]
     chains = _load_chains(reasoning_dir)
+    all_users = [line.split() for line in (dataset_dir / "sequences.txt").read_text().splitlines()]
+    # users with reasoning text to show first, then the first users of the file
+    users = ([u for u in all_users if u[0] in chains] + [u for u in all_users if u[0] not in chains])[:n_users]
     shown = []
     for user, *seq in users:
         history = seq[:-1]  # the test protocol: everything before the held-out last item
@@ -209,8 +211,9 @@ def show_recommendations(url: str, dataset_dir: Path, reasoning_dir: Path, n_use
         for item in history[-5:]:
             print(f"    - {titles.get(item, item)[:90]}")
         if user in chains:
-            print("  reasoning steps (student):")
-            for step in chains[user]:
+            label, steps = chains[user]
+            print(f"  reasoning steps ({label}):")
+            for step in steps:
                 print(f"    * {step[:140]}")
         print(f"  held-out next item: {titles.get(seq[-1], seq[-1])[:90]}")
         print("  recommendations:")
@@ -222,20 +225,23 @@ def show_recommendations(url: str, dataset_dir: Path, reasoning_dir: Path, n_use
     return shown
 
 
-def _load_chains(reasoning_dir: Path) -> dict[str, list[str]]:
-    """Student chains written by `scoter reason distill`, when it wrote any (LLM student sample)."""
-    out: dict[str, list[str]] = {}
-    for path in sorted(reasoning_dir.glob("**/*chains*.json*")):
-        try:
-            text = path.read_text()
-            rows = [json.loads(x) for x in text.splitlines()] if path.suffix == ".jsonl" else json.loads(text)
-        except (json.JSONDecodeError, OSError):
+def _load_chains(reasoning_dir: Path) -> dict[str, tuple[str, list[str]]]:
+    """Reasoning text per user: the LLM student's chains (test split) where it wrote usable ones, else the
+    teacher's chains (training histories). The encoder student writes H directly and has no text to show."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    sources = [("LLM student", reasoning_dir / "llm_student" / "chains_test.json"),
+               ("teacher, training history", reasoning_dir / "teacher_chains.json")]
+    for label, path in sources:
+        if not path.exists():
             continue
-        if isinstance(rows, dict):
-            rows = rows.get("chains", [])
-        for row in rows if isinstance(rows, list) else []:
-            if isinstance(row, dict) and row.get("user_id") is not None and isinstance(row.get("steps"), list):
-                out.setdefault(str(row["user_id"]), [str(s) for s in row["steps"]])
+        data = json.loads(path.read_text())
+        steps_names = data.get("steps", []) if isinstance(data, dict) else []
+        rows = data.get("records", []) if isinstance(data, dict) else data
+        for row in rows:
+            user, steps = str(row.get("user", row.get("user_id"))), row.get("steps")
+            if isinstance(steps, list) and steps and user not in out:
+                named = [f"{n}: {t}" for n, t in zip(steps_names, steps, strict=False)] if steps_names else steps
+                out[user] = (label, [str(x) for x in named])
     return out
 
 
@@ -313,7 +319,11 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict:
     bundle = out / "bundles" / f"scoter-{cfg.backbone}"
     t = time.monotonic()
     if not (bundle / "manifest.json").exists():
+        import numpy as np
+
+        k_steps = int(np.load(reasoning_dir / "H_test.npy", mmap_mode="r").shape[1])
         runner.run("export", "export", "--checkpoint", str(scoter_dir / "best.pt"), "--codes", str(codes),
+                   "--reasoning-steps", str(k_steps),
                    "--dataset", name, "--out", str(bundle), "--beam", str(cfg.beam), "--model-id",
                    f"scoter-{cfg.backbone}-{name}", "--reasoning-version", cfg.reasoning_version, "--no-fp16")
     stages.add("export ONNX bundle", time.monotonic() - t, str(bundle))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from offline.semantic_ids import atomic_output
+from scoter.io import atomic_write
 from scoter.paths import cache_root
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -126,7 +126,7 @@ class ItemEmbedder:
             normalize_embeddings=self.config.normalize,
         ).astype(np.float32, copy=False)
         if self.config.use_cache:
-            with atomic_output(path) as tmp:
+            with atomic_write(path) as tmp:
                 np.save(tmp, emb)
             log.info("embeddings cached at %s", path)
         return emb

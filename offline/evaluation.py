@@ -4,10 +4,8 @@ breakdown, and a results JSON that records what produced the numbers (config, se
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,7 +15,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from offline.data import Dataset, LeaveOneOut
-from scoter.paths import REPO_ROOT
+from scoter.io import write_json_atomic
+from scoter.provenance import git_commit
 
 __all__ = [
     "EvalConfig",
@@ -170,29 +169,6 @@ def subgroup_metrics(
     return out
 
 
-def git_commit() -> str:
-    """HEAD commit of the repository, suffixed '-dirty' when the working tree has changes."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def evaluate(
     recommend: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
     split: LeaveOneOut,
@@ -246,9 +222,5 @@ def write_result(
         "elapsed_s": elapsed_s,
         **extra,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, doc, default=str)
     return doc

@@ -8,35 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-_TRAIN_FLAGS: tuple[tuple[str, type], ...] = (
-    ("epochs", int),
-    ("batch-size", int),
-    ("lr", float),
-    ("weight-decay", float),
-    ("warmup-steps", int),
-    ("patience", int),
-    ("beam", int),
-    ("eval-users", int),
-    ("eval-every", int),
-    ("eval-batch", int),
-    ("seed", int),
-    ("threads", int),
-    ("time-budget", float),
-)
-_RENAME = {"threads": "num_threads", "time-budget": "time_budget_s"}
+from offline.cli_common import add_backbone_data_args, add_train_flags, get_or_add_subparsers, train_overrides
 
 
 def run_config_from_args(args: argparse.Namespace, ablation: str = "full") -> Any:
     from offline.backbones.config import TrainConfig
     from offline.scoter_train import ScoterRunConfig
 
-    overrides: dict[str, Any] = {}
-    for flag, _ in _TRAIN_FLAGS:
-        value = getattr(args, flag.replace("-", "_"))
-        if value is not None:
-            overrides[_RENAME.get(flag, flag.replace("-", "_"))] = value
-    if args.max_users is not None:
-        overrides["max_users"] = args.max_users
+    overrides = train_overrides(args)
     try:
         fusion = json.loads(args.fusion_config) if args.fusion_config else {}
         model_cfg = json.loads(args.model_config) if args.model_config else None
@@ -83,14 +62,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", choices=["tiger", "hstu"], required=True)
-    p.add_argument("--dataset", default="beauty", help="benchmark folder under the data root")
-    p.add_argument("--data-root", type=Path, default=None, help="default: $SCOTER_DATA_DIR or ../shared/data")
-    p.add_argument(
-        "--codes",
-        type=Path,
-        default=None,
-        help="semantic IDs .npz (default: artifacts/<dataset>/semantic_ids_rqvae.npz)",
-    )
+    add_backbone_data_args(p)
     p.add_argument(
         "--reasoning",
         type=Path,
@@ -99,7 +71,6 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         "development stand-in (training-only signal, not the student's H)",
     )
     p.add_argument("--dev-steps", type=int, default=4, help="K of the history_text stand-in")
-    p.add_argument("--max-users", type=int, default=None, help="use only the first N users")
     p.add_argument(
         "--out", type=Path, default=None, help="run folder (default: artifacts/<dataset>/scoter-<bb>)"
     )
@@ -113,9 +84,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-config", default=None, help="JSON overrides of the backbone config")
     p.add_argument("--fusion-config", default=None, help="JSON overrides of FusionConfig")
     p.add_argument("--contrastive-weight", type=float, default=None, help="lambda (paper: 0.1)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda ...")
-    for flag, typ in _TRAIN_FLAGS:
-        p.add_argument(f"--{flag}", type=typ, default=None)
+    add_train_flags(p)
 
 
 # Kept in sync with offline.fusion.ABLATIONS (a test checks it); duplicated so `register` never imports torch.
@@ -132,7 +101,7 @@ ABLATION_NAMES = (
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Register `train scoter` and `ablate`."""
-    train = _get_or_add(subparsers, "train", "train a model")
+    train = get_or_add_subparsers(subparsers, "train", "train a model")
     p = train.add_parser(
         "scoter", help="train SCoTER (backbone + reasoning fusion) and compare with the backbone"
     )
@@ -145,14 +114,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_run_args(a)
     a.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(ABLATION_NAMES)}")
     a.set_defaults(func=_ablate)
-
-
-def _get_or_add(subparsers: argparse._SubParsersAction, name: str, help_: str) -> argparse._SubParsersAction:
-    """`scoter train` is shared with other components: reuse its sub-parsers if registered, else create it."""
-    existing = subparsers.choices.get(name)
-    if existing is not None and getattr(existing, "_scoter_sub", None) is not None:
-        return existing._scoter_sub
-    parser = subparsers.add_parser(name, help=help_)
-    sub = parser.add_subparsers(dest=f"{name}_command", required=True)
-    parser._scoter_sub = sub  # type: ignore[attr-defined]
-    return sub

@@ -29,7 +29,14 @@ from offline.training_utils import (
     set_rng_state,
 )
 
-__all__ = ["SasrecConfig", "SasrecModel", "evaluate_checkpoint", "load_sasrec", "train_sasrec"]
+__all__ = [
+    "SasrecConfig",
+    "SasrecModel",
+    "evaluate_checkpoint",
+    "load_sasrec",
+    "train_sasrec",
+    "write_checkpoint_result",
+]
 
 log = logging.getLogger(__name__)
 
@@ -298,3 +305,9 @@ def evaluate_checkpoint(path: Path | str, data: DataConfig | None = None) -> dic
         "dataset": dataset,
         "config": config,
     }
+
+
+def write_checkpoint_result(path: Path | str, res: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Write `evaluate_checkpoint`'s result (valid, test, checkpoint epoch) as a results JSON with provenance."""
+    metrics = {k: res[k] for k in ("valid", "test", "checkpoint_epoch")}
+    return write_result(path, metrics, res["config"], res["config"].seed, res["dataset"], **extra)

@@ -310,7 +310,9 @@ class ScoterTrainer(Trainer):
 
     def _state(self) -> dict[str, Any]:
         state = super()._state()
-        state.update(fusion_config=self.fusion_cfg.model_dump(), reasoning_source=self.reasoning.source)
+        # reasoning_steps: K of the H this model was trained with; the exporter sizes the graph's input by it
+        state.update(fusion_config=self.fusion_cfg.model_dump(), reasoning_source=self.reasoning.source,
+                     reasoning_steps=int(self.reasoning.K))
         return state
 
     def _train_epoch(
@@ -392,6 +394,7 @@ class ScoterTrainer(Trainer):
                     "backbone": self.backbone,
                     "model_config": self.model_cfg,
                     "fusion_config": self.fusion_cfg.model_dump(),
+                    "reasoning_steps": int(self.reasoning.K),
                     "model": self.model.state_dict(),
                     "epoch": self.epoch,
                 },

@@ -7,19 +7,19 @@ exactly one item. Quantisers collide (several items share a tuple); an appended 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from scoter.io import atomic_write
+
+atomic_output = atomic_write  # the old name, kept for callers outside this package
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ class SemanticIds:
         if path.suffix != ".npz":
             path = path.with_suffix(".npz")
         report_json = json.dumps(self.report, indent=2, sort_keys=True)
-        with atomic_output(path) as tmp:
+        with atomic_write(path) as tmp:
             np.savez(
                 tmp,
                 codes=self.codes,
@@ -195,7 +195,7 @@ class SemanticIds:
                 report=np.asarray(report_json),
                 schema_version=np.asarray(SCHEMA_VERSION),
             )
-        with atomic_output(path.with_suffix(".json")) as tmp:
+        with atomic_write(path.with_suffix(".json")) as tmp:
             tmp.write_text(report_json + "\n")
         return path
 
@@ -218,25 +218,6 @@ class SemanticIds:
             )
         sid.validate()
         return sid
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path next to `path` (same suffix); on success chmod 644 and rename over `path`.
-
-    A crash or error leaves the old file (or none), never a half-written one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------- quantisers

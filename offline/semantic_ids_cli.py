@@ -10,6 +10,8 @@ import json
 import logging
 from pathlib import Path
 
+from offline.cli_common import add_dataset_args
+
 log = logging.getLogger(__name__)
 
 
@@ -22,17 +24,15 @@ def _default_dir(dataset: str) -> Path:
 def _load_dataset(args: argparse.Namespace):  # -> offline.data.Dataset
     from offline.data import load_benchmark
 
-    return (
-        load_benchmark(args.dataset, root=args.data_root) if args.data_root else load_benchmark(args.dataset)
-    )
+    return load_benchmark(args.dataset, root=args.data_root)
 
 
 def _save_npy_atomic(path: Path, array) -> None:
     import numpy as np
 
-    from offline.semantic_ids import atomic_output
+    from scoter.io import atomic_write
 
-    with atomic_output(path) as tmp:
+    with atomic_write(path) as tmp:
         np.save(tmp, array)
 
 
@@ -84,9 +84,9 @@ def _sid_build(args: argparse.Namespace) -> int:
     if args.method == "rqvae":
         import torch
 
-        from offline.semantic_ids import atomic_output
+        from scoter.io import atomic_write
 
-        with atomic_output(out_dir / "rqvae.pt") as tmp:
+        with atomic_write(out_dir / "rqvae.pt") as tmp:
             torch.save({"state_dict": model.state_dict(), "config": config.model_dump()}, tmp)
     r = sid.report
     print(f"wrote {path} and {trie_path} ({trie.nbytes / 2**20:.1f} MiB dense)")
@@ -109,8 +109,7 @@ def _sid_stats(args: argparse.Namespace) -> int:
 
 
 def _add_embed_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", help="benchmark folder under the data root (e.g. beauty)")
-    p.add_argument("--data-root", type=Path, default=None, help="benchmark root (default: $SCOTER_DATA_DIR)")
+    add_dataset_args(p)
     p.add_argument("--model", default=None, help="sentence-transformers name/path (default: packaged MiniLM)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch threads")

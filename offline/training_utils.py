@@ -4,7 +4,6 @@ ETA. Any model's training loop can use these so runs are reproducible and resuma
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -13,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from scoter.io import atomic_write
 
 __all__ = ["EarlyStopping", "EpochTimer", "load_checkpoint", "save_checkpoint", "seed_everything"]
 
@@ -39,11 +40,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
     """torch.save to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scoter.io import atomic_write
+
 
 def _prefix_ids(codes: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
     """(unique prefixes of length `depth` in lexicographic order, node id of each row)."""
@@ -127,10 +129,8 @@ class PrefixTrie:
 
     def save(self, path: str | Path) -> Path:
         """np.savez to a temp file, then rename."""
-        from offline.semantic_ids import atomic_output
-
         path = Path(path)
-        with atomic_output(path) as tmp:
+        with atomic_write(path) as tmp:
             np.savez(tmp, **self.arrays())
         return path
 

@@ -22,6 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from scoter.io import write_bytes_atomic
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 REQUIRED_FILES = ("model.onnx", "items.json", "codes.npy", "trie.npz")
@@ -105,26 +107,10 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write a file via a temp file in the same directory and an atomic rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the service may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_items(path: Path, item_ids: list[str]) -> None:
     if not all(isinstance(i, str) and i for i in item_ids):
         raise ValueError("items.json: every external item id must be a non-empty string")
-    _write_atomic(path, json.dumps(item_ids).encode())
+    write_bytes_atomic(path, json.dumps(item_ids).encode())
 
 
 def finalize_manifest(bundle_dir: Path, fields: dict[str, Any]) -> Manifest:
@@ -139,7 +125,7 @@ def finalize_manifest(bundle_dir: Path, fields: dict[str, Any]) -> Manifest:
     except ValidationError as exc:
         raise BundleError(f"manifest fields invalid: {_describe(exc)}") from exc
     manifest = manifest.model_copy(update={"manifest_sha256": manifest.content_digest()})
-    _write_atomic(bundle_dir / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
+    write_bytes_atomic(bundle_dir / MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
     return manifest
 
 

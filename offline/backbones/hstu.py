@@ -53,10 +53,13 @@ class HstuModel(GenerativeBackbone):
         super().__init__(codes, codebook_sizes)
         self.config = config
         d = config.d_model
-        self.item_emb = nn.Embedding(self.n_items + 1, d, padding_idx=0)
+        # SID-only input (item_id_embedding=False) drops the n_items x d table: items then share parameters
+        # only through their codes, as in TIGER
+        self.item_emb = nn.Embedding(self.n_items + 1, d, padding_idx=0) if config.item_id_embedding else None
         self.sid_emb = nn.ModuleList(nn.Embedding(size, d) for size in self.codebook_sizes)
         self.pos_emb = nn.Embedding(config.max_len, d)
-        for emb in (self.item_emb, *self.sid_emb, self.pos_emb):
+        tables = ([self.item_emb] if self.item_emb is not None else []) + [*self.sid_emb, self.pos_emb]
+        for emb in tables:
             nn.init.normal_(emb.weight, std=d**-0.5)
         self.blocks = nn.ModuleList(
             HstuBlock(d, config.heads, config.d_qk, config.d_v, config.dropout, config.max_len)
@@ -67,9 +70,9 @@ class HstuModel(GenerativeBackbone):
         self.decoder = CodeDecoder(config.decoder, self.codebook_sizes, d_memory=d)
 
     def item_embedding(self, items: torch.Tensor) -> torch.Tensor:
-        """Item-ID embedding + sum of its per-position semantic-ID embeddings (width d_model)."""
+        """Item-ID embedding (if configured) + sum of its per-position semantic-ID embeddings (width d_model)."""
         codes = self.codes[items]
-        out = self.item_emb(items)
+        out = self.item_emb(items) if self.item_emb is not None else 0.0
         for pos, emb in enumerate(self.sid_emb):
             out = out + emb(codes[..., pos])
         return out

@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def _atomic(path: Path, write: Any, mode: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from scoter.io import write_atomic, write_json_atomic
 
 
 def write_json(path: Path, obj: Any) -> None:
-    _atomic(path, lambda f: json.dump(obj, f, indent=2, ensure_ascii=False, default=_default), "w")
+    write_json_atomic(path, obj, newline=False, ensure_ascii=False, default=_default)
 
 
 def save_npy(path: Path, arr: np.ndarray) -> None:
-    _atomic(path, lambda f: np.save(f, arr), "wb")
+    write_atomic(path, lambda f: np.save(f, arr), "wb")
 
 
 def read_json(path: Path) -> Any:

@@ -176,3 +176,18 @@ def test_float16_weights_warm_start_a_new_run(tmp_path) -> None:
         torch.testing.assert_close(value, best[name].to(value.dtype), rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="init_from"):
         Trainer("tiger", splits, codes, tmp_path / "c", cfg, None, device="cpu", init_from=weights)
+
+
+def test_hstu_sid_only_input_has_no_item_table() -> None:
+    """item_id_embedding=False: the input is the sum of the semantic-ID embeddings only (no n_items x d table),
+    and items sharing every code get the same input vector."""
+    model = make("hstu", item_id_embedding=False).eval()
+    assert model.item_emb is None and not any(k.startswith("item_emb") for k in model.state_dict())
+    codes = model.codes.clone()
+    codes[2] = codes[1]
+    model.codes.copy_(codes)
+    emb = model.item_embedding(torch.tensor([1, 2, 3]))
+    torch.testing.assert_close(emb[0], emb[1])
+    assert not torch.allclose(emb[0], emb[2])
+    h_seq, mask = model.encode(torch.tensor([[0, 0, 0, 0, 0, 3, 4, 5]]))
+    assert h_seq.shape == (1, 8, model.config.d_model) and mask.sum() == 3
