@@ -1,6 +1,6 @@
 """Reasoning pipeline benchmark on Beauty (2-core CPU): GVM on a user sample with the local 135M model,
 teacher chains, encoder student, H for ALL users, LoRA student on a sample. Writes the H arrays under
-artifacts/beauty/reasoning/ and the measurements to benchmarks/results/reasoning.json.
+artifacts/beauty/reasoning/ and the measurements to benchmarks/results/beauty_reasoning.json.
 
 Resumable: each stage skips work whose output exists (and LLM answers are cached), so rerunning after a kill
 continues. Run: OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/reasoning.py"""
@@ -36,10 +36,10 @@ def main() -> None:
     ap.add_argument("--lora-users", type=int, default=16)
     ap.add_argument("--out", default=None)
     ap.add_argument("--publish-only", action="store_true",
-                    help="time `publish` of the existing H_test to --redis-url (results: reasoning_publish.json)")
+                    help="time `publish` of the existing H_test to --redis-url (results: beauty_reasoning_publish.json)")
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--reasoning-version", default="beauty-bench")
-    ap.add_argument("--results", default=str(REPO_ROOT / "benchmarks" / "results" / "reasoning.json"))
+    ap.add_argument("--results", default=str(REPO_ROOT / "benchmarks" / "results" / "beauty_reasoning.json"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -161,7 +161,7 @@ def publish_benchmark(args: argparse.Namespace, out: Path) -> None:
               "first_pass": first, "users_per_second": len(ids) / first["seconds"], "resume_pass": again,
               "command": f"OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/reasoning.py --publish-only "
                          f"--redis-url {args.redis_url} --reasoning-version {args.reasoning_version}"}
-    write_json(Path(args.results).with_name("reasoning_publish.json"), result)
+    write_json(Path(args.results).with_name("beauty_reasoning_publish.json"), result)
     print(json.dumps(result, indent=1))
 
 

@@ -1,11 +1,19 @@
-"""Service latency benchmark: uvicorn + real Redis + a bundle, N concurrent requests with httpx.
+"""Service latency benchmark: uvicorn (separate process) + real Redis + a bundle, load from httpx (one process).
 
-Scenarios: reasoning hit (every user has H in Redis), reasoning miss (Redis up, no H) and Redis down
-(degraded: unreachable port). Reports p50/p95/p99 latency, requests/s, status codes and the server's own
-stage/batch histograms; writes benchmarks/results/service_latency.json.
+Default mode `open`: an open-loop load generator. Requests are sent on a fixed schedule (Poisson or constant
+rate) and each latency is measured from the request's *intended* send time, so queueing in the client or the
+server is not hidden (no coordinated omission). Steps through rising rates and reports per rate: achieved
+throughput, p50/p95/p99, error rate (non-2xx or transport error), and the server's own per-stage breakdown
+(queue, redis, inference, total) from its Prometheus histograms, diffed between /metrics scrapes taken before
+and after the step. Also: service overhead at low load (total - inference, as a share of inference), Redis
+fetch p99, and a Redis-down run (store URL pointing at a closed port). Writes benchmarks/results/service.json.
 
-    PYTHONPATH=. python benchmarks/service_latency.py                  # tiny fixture bundle
-    PYTHONPATH=. python benchmarks/service_latency.py --bundle DIR     # a real exported bundle
+Mode `closed`: the older fixed-concurrency run (hit / miss / redis_down scenarios), written to
+benchmarks/results/service_latency.json.
+
+    PYTHONPATH=. python benchmarks/service_latency.py                  # tiny fixture bundle, fixture users
+    PYTHONPATH=. python benchmarks/service_latency.py --bundle artifacts/demo/bundles/scoter-hstu \
+        --users 1-2000 --reasoning-version demo-v1                      # real bundle, H already in Redis
 """
 
 from __future__ import annotations
