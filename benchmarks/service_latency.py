@@ -141,8 +141,9 @@ def summarize(latencies: list[float], codes: dict[int, int], wall: float) -> dic
             "p99_ms": round(float(np.percentile(ms, 99)), 3), "mean_ms": round(float(ms.mean()), 3)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def closed_main(argv: list[str] | None = None) -> int:
+    """The fixed-concurrency (closed-loop) run: hit / miss / redis_down."""
+    p = argparse.ArgumentParser(description="closed-loop service latency")
     p.add_argument("--bundle", type=Path, help="exported bundle (default: build the tiny test bundle)")
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=32)
@@ -225,6 +226,291 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(args.out, out)
     log.info("wrote %s", args.out)
     return 0
+
+
+# ---------------------------------------------------------------------------------------------- open loop
+
+STAGES = ("queue", "redis", "inference", "total")
+
+
+def scrape(url: str) -> dict:
+    """Cumulative stage histograms {stage: {"buckets": {le: count}, "sum", "count"}}, counters by label."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    hist: dict[str, dict] = {st: {"buckets": {}, "sum": 0.0, "count": 0.0} for st in STAGES}
+    counters: dict[str, dict[str, float]] = {"reasoning": {}, "rejections": {}, "errors": {}}
+    names = {"scoter_reasoning_total": ("reasoning", "status"), "scoter_rejections_total": ("rejections", "reason"),
+             "scoter_errors_total": ("errors", "kind")}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name.startswith("scoter_stage_seconds"):
+                h = hist.setdefault(s.labels["stage"], {"buckets": {}, "sum": 0.0, "count": 0.0})
+                if s.name.endswith("_bucket"):
+                    le = float(s.labels["le"])
+                    h["buckets"][le] = h["buckets"].get(le, 0.0) + s.value
+                elif s.name.endswith("_sum"):
+                    h["sum"] += s.value
+                elif s.name.endswith("_count"):
+                    h["count"] += s.value
+            elif s.name in names:
+                group, label = names[s.name]
+                counters[group][s.labels[label]] = counters[group].get(s.labels[label], 0.0) + s.value
+    return {"hist": hist, "counters": counters}
+
+
+def hist_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """Prometheus-style histogram_quantile over cumulative buckets (linear within a bucket)."""
+    items = sorted(buckets.items())
+    if not items or items[-1][1] <= 0:
+        return None
+    total = items[-1][1]
+    rank = q * total
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in items:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0.0)
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+def stage_diff(before: dict, after: dict) -> dict:
+    """Per stage: n, mean, p50/p95/p99 (ms) of the observations made between two scrapes."""
+    out: dict[str, dict] = {}
+    for st in STAGES:
+        a, b = after["hist"].get(st), before["hist"].get(st, {"buckets": {}, "sum": 0.0, "count": 0.0})
+        if a is None:
+            continue
+        n = a["count"] - b["count"]
+        buckets = {le: c - b["buckets"].get(le, 0.0) for le, c in a["buckets"].items()}
+        row: dict = {"n": int(n), "mean_ms": round((a["sum"] - b["sum"]) / n * 1000, 3) if n else None}
+        for q in (0.5, 0.95, 0.99):
+            v = hist_quantile(buckets, q)
+            row[f"p{int(q * 100)}_ms"] = round(v * 1000, 3) if v is not None else None
+        out[st] = row
+    counters = {g: {k: int(v - before["counters"][g].get(k, 0.0)) for k, v in d.items()
+                    if v - before["counters"][g].get(k, 0.0)} for g, d in after["counters"].items()}
+    return {"stages": out, **counters}
+
+
+def schedule(rate: float, duration_s: float, arrivals: str, rng: np.random.Generator) -> np.ndarray:
+    """Intended send offsets (s) for one step: Poisson (exponential gaps) or constant rate."""
+    n = int(rate * duration_s)
+    if arrivals == "constant":
+        return np.arange(n) / rate
+    return np.cumsum(rng.exponential(1.0 / rate, size=n))
+
+
+async def open_loop(url: str, bodies: list[dict], offsets: np.ndarray, timeout_s: float) -> dict:
+    """Fire body i at start + offsets[i] whatever happened to earlier requests; latency from that intended time."""
+    latencies = np.full(len(offsets), np.nan)
+    lags = np.zeros(len(offsets))
+    codes: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
+        async def one(i: int, intended: float) -> None:
+            lags[i] = time.perf_counter() - intended
+            try:
+                r = await client.post("/v1/recommendations", json=bodies[i % len(bodies)])
+                key = str(r.status_code)
+            except httpx.HTTPError as exc:
+                key = type(exc).__name__
+            latencies[i] = time.perf_counter() - intended
+            codes[key] = codes.get(key, 0) + 1
+
+        tasks = []
+        start = time.perf_counter() + 0.05
+        for i, off in enumerate(offsets):
+            intended = start + float(off)
+            delay = intended - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, intended)))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - start
+    ok = sum(v for k, v in codes.items() if k.startswith("2"))
+    ms = latencies * 1000
+    return {
+        "offered_rps": round(len(offsets) / float(offsets[-1]), 1) if len(offsets) > 1 else None,
+        "requests": len(offsets), "achieved_rps": round(ok / wall, 1), "wall_s": round(wall, 2),
+        "status_codes": dict(sorted(codes.items())), "error_rate": round(1 - ok / len(offsets), 4),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(np.max(ms)), 2),
+        "client_send_lag_p99_ms": round(float(np.percentile(lags, 99) * 1000), 2),
+    }
+
+
+def run_step(url: str, bodies: list[dict], rate: float, duration_s: float, arrivals: str,
+             rng: np.random.Generator, timeout_s: float) -> dict:
+    before = scrape(url)
+    res = asyncio.run(open_loop(url, bodies, schedule(rate, duration_s, arrivals, rng), timeout_s))
+    after = scrape(url)
+    return {"rate": rate, **res, "server": stage_diff(before, after)}
+
+
+def parse_users(spec: str | None, n: int) -> list[str] | None:
+    """'1-2000' -> ['1', ..., '2000']; a comma list as is; None -> the benchmark seeds its own users."""
+    if spec is None:
+        return None
+    if "-" in spec and "," not in spec:
+        lo, hi = (int(x) for x in spec.split("-"))
+        return [str(i) for i in range(lo, hi + 1)]
+    return spec.split(",")
+
+
+def open_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="open-loop service load test")
+    p.add_argument("--bundle", type=Path, help="exported bundle (default: build the tiny test bundle)")
+    p.add_argument("--rates", default="25,50,100,150,200,300", help="requests/s per step")
+    p.add_argument("--duration", type=float, default=12.0, help="seconds per step")
+    p.add_argument("--arrivals", choices=("poisson", "constant"), default="poisson")
+    p.add_argument("--low-rate", type=float, default=10.0, help="rate for the overhead and Redis-down runs")
+    p.add_argument("--low-duration", type=float, default=10.0)
+    p.add_argument("--users", default=None, help="user ids already holding H in Redis, e.g. 1-2000 "
+                   "(default: seed random H for fresh users under a fresh reasoning version)")
+    p.add_argument("--n-users", type=int, default=1000, help="users to seed when --users is not given")
+    p.add_argument("--reasoning-version", default=None, help="with --users: the version their H is under")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--queue-capacity", type=int, default=256)
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    p.add_argument("--redis-deadline-ms", type=float, default=25.0, help="the service's store-fetch budget")
+    p.add_argument("--timeout", type=float, default=10.0, help="client timeout per request (s)")
+    p.add_argument("--slo-p99-ms", type=float, default=50.0)
+    p.add_argument("--skip-redis-down", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/service.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    rng = np.random.default_rng(args.seed)
+
+    tmp = Path(tempfile.mkdtemp(prefix="scoter-bench-"))
+    bundle = args.bundle
+    if bundle is None:
+        from tests.service.bundle_builder import build_bundle
+
+        bundle = tmp / "tiny"
+        build_bundle(bundle, n_items=2000, d=64, k=4, d_reason=64, max_len=20, beam=20)
+    manifest, _ = load_bundle(bundle)
+    items = json.loads((bundle / "items.json").read_text())
+    r = redis.Redis.from_url(args.redis_url)
+    users = parse_users(args.users, args.n_users)
+    seeded: list[str] = []
+    if users is None:
+        version = f"bench-{uuid.uuid4().hex[:8]}"
+        users = [f"bench-{uuid.uuid4().hex[:6]}-{i}" for i in range(args.n_users)]
+        seeded = [reasoning_key(version, u) for u in users]
+        pipe = r.pipeline(transaction=False)
+        for key in seeded:
+            pipe.set(key, encode(rng.normal(size=(manifest.reasoning_steps, manifest.reasoning_dim))))
+        pipe.execute()
+        log.info("seeded %d reasoning values under version %s", len(seeded), version)
+    else:
+        version = args.reasoning_version or manifest.reasoning_version
+        have = sum(r.exists(reasoning_key(version, u)) for u in users[:50])
+        log.info("using %d existing users, version %s (%d/50 sampled have H)", len(users), version, have)
+    order = rng.permutation(len(users))
+    bodies = []
+    for i in range(20000):
+        n = int(rng.integers(1, manifest.max_history + 1))
+        bodies.append({"user_id": users[order[i % len(users)]], "k": min(10, manifest.default_beam),
+                       "history": [items[j] for j in rng.integers(0, len(items), n)]})
+
+    base_env = {"SCOTER_REASONING_VERSION": version, "SCOTER_MAX_BATCH": str(args.max_batch),
+                "SCOTER_MAX_WAIT_MS": str(args.max_wait_ms), "SCOTER_QUEUE_CAPACITY": str(args.queue_capacity),
+                "SCOTER_REDIS_DEADLINE_MS": str(args.redis_deadline_ms)}
+    rates = [float(x) for x in args.rates.split(",")]
+    out: dict = {}
+    try:
+        port = free_port()
+        proc = start_server(bundle, {**base_env, "SCOTER_REDIS_URL": args.redis_url}, port, args.workers)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            run_step(url, bodies, 20, 3, "constant", rng, args.timeout)  # warm connections and caches
+            low = run_step(url, bodies, args.low_rate, args.low_duration, args.arrivals, rng, args.timeout)
+            st = low["server"]["stages"]
+            overhead = {
+                "rate": args.low_rate, "mean_total_ms": st["total"]["mean_ms"],
+                "mean_inference_ms": st["inference"]["mean_ms"],
+                "overhead_ms": round(st["total"]["mean_ms"] - st["inference"]["mean_ms"], 3),
+                "overhead_share_of_inference": round(
+                    (st["total"]["mean_ms"] - st["inference"]["mean_ms"]) / st["inference"]["mean_ms"], 3),
+                "p50_total_ms": st["total"]["p50_ms"], "p50_inference_ms": st["inference"]["p50_ms"],
+                "redis_fetch_p50_ms": st["redis"]["p50_ms"], "redis_fetch_p99_ms": st["redis"]["p99_ms"],
+                "client": {k: low[k] for k in ("p50_ms", "p95_ms", "p99_ms", "error_rate", "status_codes")},
+                "reasoning": low["server"]["reasoning"]}
+            log.info("low load: %s", json.dumps(overhead))
+            steps = []
+            for rate in rates:
+                step = run_step(url, bodies, rate, args.duration, args.arrivals, rng, args.timeout)
+                steps.append(step)
+                log.info("rate %s: achieved %s/s p50 %s p95 %s p99 %s err %s stages %s", rate,
+                         step["achieved_rps"], step["p50_ms"], step["p95_ms"], step["p99_ms"], step["error_rate"],
+                         {k: v["p99_ms"] for k, v in step["server"]["stages"].items()})
+        finally:
+            stop_server(proc)
+        out["low_load"] = overhead
+        out["steps"] = steps
+        crossing = next((s["rate"] for s in steps if s["p99_ms"] > args.slo_p99_ms), None)
+        out["p99_slo_ms"] = args.slo_p99_ms
+        out["p99_crosses_slo_at_rps"] = crossing
+        out["max_rate_within_slo_rps"] = max((s["rate"] for s in steps if s["p99_ms"] <= args.slo_p99_ms),
+                                             default=None)
+
+        if not args.skip_redis_down:
+            port = free_port()
+            proc = start_server(bundle, {**base_env, "SCOTER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
+                                port, args.workers)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                run_step(url, bodies, 20, 2, "constant", rng, args.timeout)
+                down = run_step(url, bodies, args.low_rate, args.low_duration, args.arrivals, rng, args.timeout)
+                ready = httpx.get(f"{url}/readyz", timeout=5).json()
+            finally:
+                stop_server(proc)
+            five = sum(v for k, v in down["status_codes"].items() if k.startswith("5"))
+            out["redis_down"] = {**down, "n_5xx": five, "readyz": ready,
+                                 "redis_deadline_ms": args.redis_deadline_ms,
+                                 "p99_rise_vs_low_load_ms": round(down["p99_ms"] - low["p99_ms"], 2)}
+            log.info("redis down: %s", json.dumps(out["redis_down"]))
+    finally:
+        if seeded:
+            r.delete(*seeded)
+
+    old = ROOT / "benchmarks/results/service_latency.json"
+    result = {
+        "benchmark": "service_open_loop",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"CPU sandbox shared with other jobs ({platform.processor() or platform.machine()}, "
+                   f"{os.cpu_count()} cpus); server and load generator on the same machine",
+        "git_commit": git_commit(),
+        "bundle": str(args.bundle) if args.bundle else "tiny fixture (2000 items, T=20, K=4, D=64, beam=20)",
+        "model": {"model_id": manifest.model_id, "backbone": manifest.backbone, "n_items": manifest.n_items,
+                  "max_history": manifest.max_history, "K": manifest.reasoning_steps,
+                  "D": manifest.reasoning_dim, "beam": manifest.default_beam},
+        "method": "open loop, one httpx.AsyncClient process; latency from the intended send time; stage "
+                  "breakdown from the server's scoter_stage_seconds histograms diffed per step "
+                  "(quantiles interpolated within buckets)",
+        "settings": {"rates": rates, "duration_s": args.duration, "arrivals": args.arrivals,
+                     "workers": args.workers, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
+                     "queue_capacity": args.queue_capacity, "redis_deadline_ms": args.redis_deadline_ms,
+                     "users": len(users), "reasoning_version": version, "seed": args.seed},
+        **out,
+        "closed_loop": json.loads(old.read_text()) if old.exists() else None,
+    }
+    write_json_atomic(args.out, result)
+    log.info("wrote %s", args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
+    p.add_argument("--mode", choices=("open", "closed"), default="open")
+    args, rest = p.parse_known_args(argv)
+    return open_main(rest) if args.mode == "open" else closed_main(rest)
 
 
 if __name__ == "__main__":

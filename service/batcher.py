@@ -62,6 +62,7 @@ class MicroBatcher(Generic[P, R]):
         self._arrived: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._running = False
+        self._busy = 0  # batches handed to the executor and not finished yet
 
     @property
     def running(self) -> bool:
@@ -78,11 +79,11 @@ class MicroBatcher(Generic[P, R]):
         self._workers = [asyncio.create_task(self._work(), name=f"{self.name}-{i}") for i in range(self.n_workers)]
 
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
-        """Refuse new work, let queued jobs finish (up to the timeout), then stop the workers."""
+        """Refuse new work, let queued and running jobs finish (up to the timeout), then stop the workers."""
         self._running = False
         if self._queue is not None:
             deadline = time.monotonic() + drain_timeout_s
-            while not self._queue.empty() and time.monotonic() < deadline:
+            while (not self._queue.empty() or self._busy) and time.monotonic() < deadline:
                 await asyncio.sleep(0.005)
         for w in self._workers:
             w.cancel()
@@ -132,6 +133,7 @@ class MicroBatcher(Generic[P, R]):
                 continue
             started = time.perf_counter()
             self.on_batch(len(batch))
+            self._busy += 1
             try:
                 results = await loop.run_in_executor(self.executor, self.fn, [j.payload for j in batch])
             except asyncio.CancelledError:
@@ -145,6 +147,8 @@ class MicroBatcher(Generic[P, R]):
                     if not j.future.done():
                         j.future.set_exception(exc)
                 continue
+            finally:
+                self._busy -= 1
             inference_s = time.perf_counter() - started
             for j, r in zip(batch, results, strict=True):
                 if not j.future.done():

@@ -13,8 +13,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    serve = subparsers.add_parser("serve", help="run the recommendation service (uvicorn)")
+def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    """The `scoter serve` / `scoter-serve` options (anything else comes from SCOTER_* variables)."""
     src = serve.add_mutually_exclusive_group(required=True)
     src.add_argument("--bundle", type=Path, help="serve one model bundle")
     src.add_argument("--experiments", type=Path, help="experiments YAML/JSON: variants are bundles")
@@ -22,7 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     serve.add_argument("--redis-url", default=None)
+    serve.add_argument("--graceful-shutdown-s", type=float, default=None,
+                       help="on SIGTERM, wait this long for in-flight requests (default: SCOTER_GRACEFUL_SHUTDOWN_S)")
     serve.add_argument("--log-level", default="info")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser("serve", help="run the recommendation service (uvicorn)")
+    add_serve_arguments(serve)
     serve.set_defaults(func=_serve)
 
     ab = subparsers.add_parser("ab", help="A/B experiment tools")
@@ -45,7 +52,8 @@ def _serve(args: argparse.Namespace) -> int:
     from service.settings import ServiceSettings
 
     env = {"SCOTER_BUNDLE": args.bundle, "SCOTER_EXPERIMENTS": args.experiments, "SCOTER_HOST": args.host,
-           "SCOTER_PORT": args.port, "SCOTER_REDIS_URL": args.redis_url}
+           "SCOTER_PORT": args.port, "SCOTER_REDIS_URL": args.redis_url,
+           "SCOTER_GRACEFUL_SHUTDOWN_S": getattr(args, "graceful_shutdown_s", None)}
     for key in ("SCOTER_BUNDLE", "SCOTER_EXPERIMENTS"):
         os.environ.pop(key, None)
     for key, value in env.items():
@@ -58,9 +66,26 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="scoter-prom-")
         log.info("PROMETHEUS_MULTIPROC_DIR=%s (metrics aggregated over workers)", os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    # SIGTERM/SIGINT: uvicorn stops accepting, lets in-flight requests finish (up to graceful_shutdown_s),
+    # then the lifespan drains each batcher (settings.drain_timeout_s) and closes the store client
     uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=args.workers, log_level=args.log_level)
+                workers=args.workers, log_level=args.log_level,
+                timeout_graceful_shutdown=settings.graceful_shutdown_s)
     return 0
+
+
+def main_serve(argv: list[str] | None = None) -> int:
+    """`scoter-serve` console script: the same as `scoter serve`, errors reported like `scoter.cli.main`."""
+    parser = argparse.ArgumentParser(prog="scoter-serve", description="run the SCoTER recommendation service")
+    add_serve_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _serve(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"scoter-serve: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _srm(args: argparse.Namespace) -> int:

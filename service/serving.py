@@ -185,7 +185,7 @@ class Recommender:
         self.warm = False
         state, self.state = self.state, None
         for v in (state.variants.values() if state else []):
-            await v.batcher.stop()
+            await v.batcher.stop(drain_timeout_s=self.settings.drain_timeout_s)  # queued jobs finish first
         await self.fetcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 

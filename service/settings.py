@@ -54,6 +54,11 @@ class ServiceSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    # shutdown: on SIGTERM/SIGINT uvicorn stops accepting, waits this long for in-flight requests, then the
+    # lifespan stops each batcher, which first lets its queued jobs finish (up to drain_timeout_s)
+    graceful_shutdown_s: float = Field(20.0, gt=0, description="uvicorn timeout_graceful_shutdown")
+    drain_timeout_s: float = Field(5.0, ge=0, description="batcher drain on shutdown")
+
     @model_validator(mode="after")
     def _one_source(self) -> ServiceSettings:
         if (self.bundle is None) == (self.experiments is None):
