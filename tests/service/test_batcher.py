@@ -96,3 +96,24 @@ async def test_failing_batch_fails_its_requests_not_the_worker(executor):
         await b.stop()
     with pytest.raises(NotRunningError):
         await b.submit(1)
+
+
+async def test_stop_drains_the_running_and_the_queued_batches(executor):
+    """Shutdown: jobs already accepted (one batch running, more queued) finish; new ones are refused."""
+    release = threading.Event()
+
+    def fn(xs: list[int]) -> list[int]:
+        release.wait(5)
+        return [x + 1 for x in xs]
+
+    b = MicroBatcher(fn, executor=executor, max_batch=2, max_wait_ms=0, capacity=64)
+    await b.start()
+    jobs = [asyncio.create_task(b.submit(i)) for i in range(5)]
+    await asyncio.sleep(0.05)  # the first batch is inside fn, the rest queued
+    stopping = asyncio.create_task(b.stop(drain_timeout_s=5))
+    await asyncio.sleep(0.05)
+    with pytest.raises(NotRunningError):
+        await b.submit(99)
+    release.set()
+    await stopping
+    assert [j.result().value for j in jobs] == [1, 2, 3, 4, 5]

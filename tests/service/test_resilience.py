@@ -129,7 +129,8 @@ def test_sigterm_lets_in_flight_requests_finish(bundle_dir, tmp_path):
         responses = asyncio.run(go())
         assert [r.status_code for r in responses] == [200] * 5
         assert all(len(r.json()["items"]) == 2 for r in responses)
-        assert proc.wait(20) == 0
+        # uvicorn re-raises the signal once its graceful shutdown is done, so -SIGTERM is a clean exit here
+        assert proc.wait(20) in (0, -signal.SIGTERM)
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/healthz", timeout=1)
     finally:
