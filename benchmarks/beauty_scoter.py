@@ -44,6 +44,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--patience", type=int, default=None)
     ap.add_argument("--warmup-steps", type=int, default=None)
+    ap.add_argument("--schedule", choices=["constant", "cosine"], default=None)
     ap.add_argument("--eval-users", type=int, default=None)
     ap.add_argument("--time-budget", type=float, default=None, help="seconds per training run")
     ap.add_argument("--threads", type=int, default=1)
@@ -57,7 +58,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
 
 def run_config(args: argparse.Namespace, backbone: str, out: Path, **updates: Any) -> ScoterRunConfig:
     train: dict[str, Any] = {"num_threads": args.threads}
-    for key in ("epochs", "batch_size", "lr", "patience", "eval_users", "warmup_steps"):
+    for key in ("epochs", "batch_size", "lr", "patience", "eval_users", "warmup_steps", "schedule"):
         if getattr(args, key) is not None:
             train[key] = getattr(args, key)
     if args.time_budget is not None:
