@@ -22,17 +22,16 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
 
 from offline.backbones.base import GenerativeBackbone
 from offline.backbones.beam_search import recommend
 from offline.backbones.config import TrainConfig
-from offline.backbones.train import BEST, LAST, Splits, Trainer, build_model, default_codes_path, lr_factor
+from offline.backbones.train import BEST, LAST, Splits, Trainer, build_model, default_codes_path
 from offline.data import Dataset, LeaveOneOut
 from offline.evaluation import rank_metrics, subgroup_metrics, write_result
 from offline.fusion import ABLATIONS, FusionConfig, ReasoningFusion
 from offline.semantic_ids import SemanticIds
-from offline.training_utils import load_checkpoint, save_checkpoint
+from offline.training_utils import load_checkpoint
 from scoter.paths import artifacts_root
 
 log = logging.getLogger(__name__)
@@ -315,47 +314,20 @@ class ScoterTrainer(Trainer):
                      reasoning_steps=int(self.reasoning.K))
         return state
 
-    def _train_epoch(
-        self, hist: torch.Tensor, tgt: torch.Tensor, deadline: float | None
-    ) -> tuple[float, bool]:
-        self.model.train()
-        n, bs = hist.shape[0], self.cfg.batch_size
-        n_batches = (n + bs - 1) // bs
-        perm = torch.randperm(n).to(self.device)
-        total, aux, batches, out_of_time = 0.0, 0.0, 0, False
-        bar = tqdm(
-            range(0, n, bs),
-            desc=f"scoter-{self.backbone} epoch {self.epoch + 1}",
-            unit="batch",
-            mininterval=5,
-        )
-        for start in bar:
-            idx = perm[start : start + bs]
-            lr = self.cfg.lr * lr_factor(self.cfg, self.step, self._progress(self.t_start, n_batches))
-            for group in self.opt.param_groups:
-                group["lr"] = lr
-            if self.train_fn is not None or self.H_examples is not None:  # H from the prefix itself
-                H = self.train_fn(hist[idx]) if self.train_fn is not None else self.H_examples[idx]
-                present = torch.ones(len(idx), dtype=torch.bool, device=self.device)
-            else:
-                users = self.train_user[idx]
-                H, present = self.H["train"][users], self.present["train"][users]
-            loss, parts = self.model.loss(hist[idx], tgt[idx], H, present)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            self.opt.step()
-            self.step += 1
-            total += parts["ce"]
-            aux += parts.get("aux", 0.0)
-            batches += 1
-            if batches % 20 == 0:
-                bar.set_postfix(ce=f"{total / batches:.4f}", aux=f"{aux / batches:.4f}")
-            if deadline is not None and time.monotonic() > deadline:
-                out_of_time = True
-                break
-        bar.close()
-        return total / max(batches, 1), out_of_time
+    @property
+    def run_name(self) -> str:
+        return f"scoter-{self.backbone}"
+
+    def batch_loss(self, idx: torch.Tensor, hist: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The backbone's loss with H: per-prefix H where there is one (it never saw its own target), else the
+        user's training H; InfoNCE and the H dropout live in the model's loss."""
+        if self.train_fn is not None or self.H_examples is not None:
+            H = self.train_fn(hist[idx]) if self.train_fn is not None else self.H_examples[idx]
+            present = torch.ones(len(idx), dtype=torch.bool, device=self.device)
+        else:
+            users = self.train_user[idx]
+            H, present = self.H["train"][users], self.present["train"][users]
+        return self.model.loss(hist[idx], tgt[idx], H, present)
 
     def rank(
         self, split: str, rows: np.ndarray | None = None, with_h: bool = True
@@ -379,50 +351,15 @@ class ScoterTrainer(Trainer):
         )
         return items, tgt[rows]
 
-    def _evaluate_and_track(
-        self, v_hist: np.ndarray, v_tgt: np.ndarray, loss: float, train_s: float, partial: bool = False
-    ) -> None:
-        t0 = time.monotonic()
+    def validation_metrics(self, v_hist: np.ndarray, v_tgt: np.ndarray) -> dict[str, float]:
+        """Early stopping watches validation with H present (the subset the base loop passes in)."""
         items, tgt = self.rank("valid", self.valid_subset)
-        k = min(10, self.cfg.beam)
-        metrics = rank_metrics(items, tgt, ks=tuple(sorted({min(x, self.cfg.beam) for x in (5, 10, 20)})))
-        improved = self.stopper.step(metrics[f"recall@{k}"], self.epoch)
-        if improved:
-            save_checkpoint(
-                self.out / BEST,
-                {
-                    "backbone": self.backbone,
-                    "model_config": self.model_cfg,
-                    "fusion_config": self.fusion_cfg.model_dump(),
-                    "reasoning_steps": int(self.reasoning.K),
-                    "model": self.model.state_dict(),
-                    "epoch": self.epoch,
-                },
-            )
-        self._log(
-            {
-                "epoch": self.epoch,
-                "partial": partial,
-                "step": self.step,
-                "loss": loss,
-                "train_s": train_s,
-                "eval_s": time.monotonic() - t0,
-                "valid_subset": metrics,
-                "best": self.stopper.best,
-            }
-        )
-        log.info(
-            "scoter-%s: epoch %d val(%d users, H present) recall@%d %.4f ndcg@%d %.4f%s",
-            self.backbone,
-            self.epoch,
-            len(tgt),
-            k,
-            metrics[f"recall@{k}"],
-            k,
-            metrics[f"ndcg@{k}"],
-            " (best)" if improved else "",
-        )
-        self._save()
+        return rank_metrics(items, tgt, ks=tuple(sorted({min(x, self.cfg.beam) for x in (5, 10, 20)})))
+
+    def best_state(self) -> dict[str, Any]:
+        # reasoning_steps: K of the H this model was trained with; the exporter sizes the graph's input by it
+        return {**super().best_state(), "fusion_config": self.fusion_cfg.model_dump(),
+                "reasoning_steps": int(self.reasoning.K)}
 
     def final_evaluation(self, result_path: Path | None = None, progress: bool = True) -> dict[str, Any]:
         """Best weights on full valid (H) and test (H present / H removed), with subgroup breakdowns."""

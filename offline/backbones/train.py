@@ -214,29 +214,48 @@ class Trainer:
             return (time.monotonic() - t_start) / self.cfg.time_budget_s
         return self.step / max(1, self.cfg.epochs * n_batches)
 
+    # -- hooks a subclass (the SCoTER trainer) overrides; the loop, checkpoints and stopping stay here ----------
+    @property
+    def run_name(self) -> str:
+        return self.backbone
+
+    def batch_loss(self, idx: torch.Tensor, hist: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Loss of one mini-batch (rows ``idx`` of the training tensors) and its logged parts ("ce", "aux")."""
+        return self.model.loss(hist[idx], tgt[idx])
+
+    def validation_metrics(self, v_hist: np.ndarray, v_tgt: np.ndarray) -> dict[str, float]:
+        """Metrics on the validation subset that early stopping watches."""
+        return evaluate(self.model, self.trie, v_hist, v_tgt, self.cfg.beam, self.cfg.eval_batch)
+
+    def best_state(self) -> dict[str, Any]:
+        """What ``best.pt`` holds: enough to rebuild the model for evaluation and export."""
+        return {"backbone": self.backbone, "model_config": self.model_cfg, "model": self.model.state_dict(),
+                "epoch": self.epoch}
+
     def _train_epoch(self, hist: torch.Tensor, tgt: torch.Tensor, deadline: float | None) -> tuple[float, bool]:
         """One pass over the shuffled training examples; returns (mean loss, budget ran out)."""
         self.model.train()
         n, bs = hist.shape[0], self.cfg.batch_size
         n_batches = (n + bs - 1) // bs
         perm = torch.randperm(n).to(self.device)
-        total, batches, out_of_time = 0.0, 0, False
-        bar = tqdm(range(0, n, bs), desc=f"{self.backbone} epoch {self.epoch + 1}", unit="batch", mininterval=5)
+        total, aux, batches, out_of_time = 0.0, 0.0, 0, False
+        bar = tqdm(range(0, n, bs), desc=f"{self.run_name} epoch {self.epoch + 1}", unit="batch", mininterval=5)
         for start in bar:
             idx = perm[start : start + bs]
             lr = self.cfg.lr * lr_factor(self.cfg, self.step, self._progress(self.t_start, n_batches))
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            loss, parts = self.model.loss(hist[idx], tgt[idx])
+            loss, parts = self.batch_loss(idx, hist, tgt)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.opt.step()
             self.step += 1
             total += parts["ce"]
+            aux += parts.get("aux", 0.0)
             batches += 1
             if batches % 20 == 0:
-                bar.set_postfix(loss=f"{total / batches:.4f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{total / batches:.4f}", aux=f"{aux / batches:.4f}", lr=f"{lr:.2e}")
             if deadline is not None and time.monotonic() > deadline:
                 out_of_time = True
                 break
@@ -246,7 +265,7 @@ class Trainer:
     def fit(self) -> None:
         """Train until epochs, patience or the time budget runs out; checkpoint every epoch."""
         if self.finished:
-            log.info("%s: training already finished in %s", self.backbone, self.out)
+            log.info("%s: training already finished in %s", self.run_name, self.out)
             return
         self.t_start = time.monotonic()
         deadline = None if self.cfg.time_budget_s is None else self.t_start + self.cfg.time_budget_s
@@ -261,7 +280,7 @@ class Trainer:
             loss, out_of_time = self._train_epoch(hist, tgt, deadline)
             train_s = time.monotonic() - t0
             if out_of_time:  # partial epoch: keep the weights, do not count the epoch
-                log.info("%s: time budget reached during epoch %d", self.backbone, self.epoch + 1)
+                log.info("%s: time budget reached during epoch %d", self.run_name, self.epoch + 1)
                 self._evaluate_and_track(v_hist, v_tgt, loss, train_s, partial=True)
                 break
             self.epoch += 1
@@ -270,11 +289,11 @@ class Trainer:
             else:
                 self._save()
             if self.stopper.should_stop:
-                log.info("%s: early stop at epoch %d (best epoch %d)", self.backbone, self.epoch,
+                log.info("%s: early stop at epoch %d (best epoch %d)", self.run_name, self.epoch,
                          self.stopper.best_epoch)
                 break
             per_epoch = (time.monotonic() - t_run) / max(self.epoch, 1)
-            log.info("%s: epoch %d/%d loss %.4f %.1fs | ETA %.1f min (max)", self.backbone, self.epoch,
+            log.info("%s: epoch %d/%d loss %.4f %.1fs | ETA %.1f min (max)", self.run_name, self.epoch,
                      self.cfg.epochs, loss, train_s, per_epoch * (self.cfg.epochs - self.epoch) / 60)
         self.finished = not out_of_time  # a budget stop can be continued later (e.g. on a GPU)
         self._save()
@@ -283,16 +302,15 @@ class Trainer:
         self, v_hist: np.ndarray, v_tgt: np.ndarray, loss: float, train_s: float, partial: bool = False
     ) -> None:
         t0 = time.monotonic()
-        metrics = evaluate(self.model, self.trie, v_hist, v_tgt, self.cfg.beam, self.cfg.eval_batch)
+        metrics = self.validation_metrics(v_hist, v_tgt)
         key = f"recall@{min(10, self.cfg.beam)}"
         improved = self.stopper.step(metrics[key], self.epoch)
         if improved:
-            save_checkpoint(self.out / BEST, {"backbone": self.backbone, "model_config": self.model_cfg,
-                                              "model": self.model.state_dict(), "epoch": self.epoch})
+            save_checkpoint(self.out / BEST, self.best_state())
         record = {"epoch": self.epoch, "partial": partial, "step": self.step, "loss": loss, "train_s": train_s,
                   "eval_s": time.monotonic() - t0, "valid_subset": metrics, "best": self.stopper.best}
         self._log(record)
-        log.info("%s: epoch %d val(%d users) %s %.4f%s", self.backbone, self.epoch, len(v_tgt), key,
+        log.info("%s: epoch %d val(%d users) %s %.4f%s", self.run_name, self.epoch, len(v_tgt), key,
                  metrics[key], " (best)" if improved else "")
         self._save()
 
