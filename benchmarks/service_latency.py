@@ -50,6 +50,17 @@ from scoter.reasoning_store import encode, reasoning_key  # noqa: E402
 log = logging.getLogger("service_latency")
 
 
+
+def resolve_bundle(bundle: Path | None, tmp: Path) -> tuple[Path, object, list[str]]:
+    """The bundle to serve (the small fixture bundle when none is given), its manifest and item ids."""
+    if bundle is None:
+        from tests.service.bundle_builder import build_bundle
+
+        bundle = tmp / "tiny"
+        build_bundle(bundle, n_items=2000, d=64, k=4, d_reason=64, max_len=20, beam=20)
+    manifest, _ = load_bundle(bundle)
+    return bundle, manifest, json.loads((bundle / "items.json").read_text())
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -160,14 +171,7 @@ def closed_main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     tmp = Path(tempfile.mkdtemp(prefix="scoter-bench-"))
-    bundle = args.bundle
-    if bundle is None:
-        from tests.service.bundle_builder import build_bundle
-
-        bundle = tmp / "tiny"
-        build_bundle(bundle, n_items=2000, d=64, k=4, d_reason=64, max_len=20, beam=20)
-    manifest, _ = load_bundle(bundle)
-    items = json.loads((bundle / "items.json").read_text())
+    bundle, manifest, items = resolve_bundle(args.bundle, tmp)
     rng = np.random.default_rng(0)
     users = [f"bench-{uuid.uuid4().hex[:6]}-{i}" for i in range(args.users)]
     version = f"bench-{uuid.uuid4().hex[:8]}"
@@ -387,14 +391,7 @@ def open_main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
 
     tmp = Path(tempfile.mkdtemp(prefix="scoter-bench-"))
-    bundle = args.bundle
-    if bundle is None:
-        from tests.service.bundle_builder import build_bundle
-
-        bundle = tmp / "tiny"
-        build_bundle(bundle, n_items=2000, d=64, k=4, d_reason=64, max_len=20, beam=20)
-    manifest, _ = load_bundle(bundle)
-    items = json.loads((bundle / "items.json").read_text())
+    bundle, manifest, items = resolve_bundle(args.bundle, tmp)
     r = redis.Redis.from_url(args.redis_url)
     users = parse_users(args.users, args.n_users)
     seeded: list[str] = []
