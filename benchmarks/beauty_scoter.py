@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ import torch
 
 from offline.backbones.config import TrainConfig
 from offline.evaluation import MACHINE, git_commit
-from offline.scoter_train import ScoterRunConfig, run_scoter
+from offline.scoter_train import ScoterRunConfig, baseline_dir, run_baseline_only, run_scoter
 from scoter.io import write_json_atomic
 from scoter.paths import REPO_ROOT, artifacts_root
 
@@ -86,6 +87,24 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     write_json_atomic(path, doc, default=str)
 
 
+def training_summary(run_dir: Path) -> dict[str, Any]:
+    """From a run's log.jsonl: epochs, best epoch, median seconds per epoch (train / validation), the
+    validation Recall@10 curve; what BENCHMARKS.md quotes next to the metrics."""
+    log_path = run_dir / "log.jsonl"
+    if not log_path.exists():
+        return {}
+    rows = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+    full = [r for r in rows if not r.get("partial")]
+    curve = [round(r["valid_subset"]["recall@10"], 4) for r in rows if "valid_subset" in r]
+    best = max(range(len(curve)), key=curve.__getitem__) if curve else None
+    return {"epochs": len(full), "partial_epoch_at_end": bool(rows and rows[-1].get("partial")),
+            "best_epoch": rows[best]["epoch"] if best is not None else None,
+            "best_valid_subset_recall@10": curve[best] if best is not None else None,
+            "train_s_per_epoch_median": round(statistics.median(r["train_s"] for r in full), 1) if full else None,
+            "eval_s_per_epoch_median": round(statistics.median(r["eval_s"] for r in full), 1) if full else None,
+            "total_train_s": round(sum(r["train_s"] for r in rows), 1), "valid_subset_recall@10_curve": curve}
+
+
 def targets(doc: dict[str, Any]) -> dict[str, bool]:
     """The issue's acceptance targets on the test split."""
     g, a = doc.get("gain_h_present", {}), doc.get("gain_h_absent", {})
@@ -102,6 +121,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_args(ap)
     ap.add_argument("--backbones", default="tiger,hstu", help="comma-separated: tiger,hstu")
+    ap.add_argument("--stage", choices=["both", "baseline", "scoter"], default="both",
+                    help="baseline / scoter: train one side only (run both in parallel processes, then rerun "
+                         "with 'both' to combine the finished runs without retraining)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -110,10 +132,20 @@ def main() -> int:
     out_path = RESULTS / f"{args.dataset}_scoter_{args.tag}.json"
     doc: dict[str, Any] = {"runs": {}}
     for bb in args.backbones.split(","):
-        res = run_scoter(run_config(args, bb, root / f"scoter-{bb}"))
+        cfg = run_config(args, bb, root / f"scoter-{bb}")
+        if args.stage == "baseline":
+            res = {"backbone_test": run_baseline_only(cfg)["test"]}
+        else:
+            res = run_scoter(cfg, with_baseline=args.stage == "both")
         keep = ("backbone_test", "scoter_test", "scoter_test_h_absent", "gain_h_present", "gain_h_absent",
                 "reasoning_source", "epochs_trained")
-        doc["runs"][f"scoter-{bb[0].upper()}"] = {**{k: res.get(k) for k in keep}, "targets": targets(res)}
+        run = {**{k: res.get(k) for k in keep}, "targets": targets(res)}
+        if args.stage == "both":
+            run["training"] = {"backbone": training_summary(baseline_dir(cfg)), "scoter": training_summary(cfg.out_dir)}
+            write_json(RESULTS / f"{args.dataset}_{bb}_{args.tag}.json", {
+                "model": bb, "test": res.get("backbone_test"), "training": run["training"]["backbone"],
+                "config": {"model": cfg.backbone_config, "train": cfg.train.model_dump()}, **provenance(args, started)})
+        doc["runs"][f"scoter-{bb[0].upper()}"] = run
         doc.update(provenance(args, started))
         write_json(out_path, doc)  # after each backbone, so a later failure keeps the finished one
     print(json.dumps(doc, indent=2, default=str))

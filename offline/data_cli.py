@@ -87,8 +87,21 @@ def _train_sasrec(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from offline.checkpoint_eval import evaluate_generative_checkpoint, is_generative_checkpoint
     from offline.sasrec import evaluate_checkpoint, write_checkpoint_result
+    from offline.training_utils import load_checkpoint
 
+    if is_generative_checkpoint(load_checkpoint(args.checkpoint)):
+        gen = evaluate_generative_checkpoint(
+            args.checkpoint, dataset=args.dataset, codes_path=args.codes, reasoning_dir=args.reasoning,
+            beam=args.beam, max_users=args.max_users)
+        print(json.dumps({k: gen[k] for k in ("valid", "test", "test_h_absent") if k in gen}, indent=2))
+        if args.out:
+            from scoter.io import write_json_atomic
+
+            write_json_atomic(args.out, gen)
+            print(f"results: {args.out}")
+        return 0
     res = evaluate_checkpoint(args.checkpoint)
     summary = {split: res[split]["overall"] for split in ("valid", "test")}
     print(json.dumps(summary, indent=2))
@@ -128,9 +141,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         sas.add_argument(f"--{name}", type=typ, default=None)
     sas.set_defaults(func=_train_sasrec)
 
-    ev = subparsers.add_parser("evaluate", help="re-evaluate a saved SASRec checkpoint (valid + test)")
+    ev = subparsers.add_parser("evaluate", help="re-evaluate a saved SASRec / TIGER / HSTU / SCoTER checkpoint")
     ev.add_argument("--checkpoint", type=Path, required=True)
     ev.add_argument("--out", type=Path, default=None, help="write a results JSON here")
+    ev.add_argument("--dataset", default="beauty", help="generative checkpoints: the dataset it was trained on")
+    ev.add_argument("--codes", type=Path, default=None,
+                    help="generative checkpoints: semantic IDs .npz (default artifacts/<dataset>/semantic_ids_rqvae.npz)")
+    ev.add_argument("--reasoning", type=Path, default=None, help="SCoTER checkpoints: the H folder")
+    ev.add_argument("--beam", type=int, default=20)
+    ev.add_argument("--max-users", type=int, default=None, help="first N users only")
     ev.set_defaults(func=_evaluate)
 
 

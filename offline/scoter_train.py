@@ -525,6 +525,25 @@ def run_baseline(cfg: ScoterRunConfig, splits: Splits, codes: SemanticIds) -> di
     return metrics
 
 
+def _finished_result(out: Path, splits: Splits) -> dict[str, Any] | None:
+    """The final evaluation of a finished run, when it is newer than its best weights (a rerun that only
+    combines results must not re-rank the whole test set twice)."""
+    result, best = out / "result.json", out / BEST
+    if not result.exists() or (best.exists() and best.stat().st_mtime > result.stat().st_mtime):
+        return None
+    doc = json.loads(result.read_text())
+    if doc["dataset"]["checksum"] != splits.dataset.checksum:
+        return None
+    return doc["metrics"]
+
+
+def run_baseline_only(cfg: ScoterRunConfig) -> dict[str, Any]:
+    """Train and test just the plain backbone of a SCoTER run (so it can run beside the fused model)."""
+    codes = SemanticIds.load(cfg.codes_path or default_codes_path(cfg.dataset))
+    splits = Splits.load(cfg.dataset, max_users=cfg.max_users, root=cfg.data_root)
+    return run_baseline(cfg, splits, codes)
+
+
 def run_scoter(cfg: ScoterRunConfig, with_baseline: bool = True) -> dict[str, Any]:
     """Backbone vs SCoTER on one dataset: writes <out>/comparison.json and returns it."""
     codes = SemanticIds.load(cfg.codes_path or default_codes_path(cfg.dataset))
@@ -548,7 +567,9 @@ def run_scoter(cfg: ScoterRunConfig, with_baseline: bool = True) -> dict[str, An
         init_from=init,
     )
     trainer.fit()
-    metrics = trainer.final_evaluation()
+    metrics = _finished_result(out, splits) if trainer.finished else None
+    if metrics is None:
+        metrics = trainer.final_evaluation()
     doc: dict[str, Any] = {
         "scoter_test": metrics["test"],
         "scoter_test_h_absent": metrics["test_h_absent"],

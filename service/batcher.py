@@ -1,6 +1,8 @@
 """Micro-batching of concurrent requests into one ONNX Runtime call, with a bounded queue.
 
-A request waits at most `max_wait_ms` for companions (or until `max_batch` are queued); inference runs in a
+A free worker takes everything queued (up to `max_batch`) and waits at most `max_wait_ms` more for companions.
+The default 0 is greedy batching: at low load a request runs at once (no added latency), under load the requests
+that arrived while the previous batch ran form the next one. Inference runs in a
 thread pool so the event loop keeps accepting and fetching. Past `capacity` queued jobs, `submit` fails at
 once (the API answers 429) instead of letting latency grow without bound.
 """

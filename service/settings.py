@@ -41,7 +41,9 @@ class ServiceSettings(BaseSettings):
     inference_workers: int = Field(1, ge=1, description="threads running ONNX sessions off the event loop")
     warmup_runs: int = Field(2, ge=1)
     max_batch: int = Field(32, ge=1)
-    max_wait_ms: float = Field(2.0, ge=0)
+    max_wait_ms: float = Field(
+        0.0, ge=0, description="extra wait for companions once the worker is free; 0 = greedy: dispatch at once "
+        "and batch whatever queued while the previous batch ran")
     queue_capacity: int = Field(256, ge=1)
 
     # request limits

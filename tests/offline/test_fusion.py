@@ -396,6 +396,23 @@ def test_run_scoter_end_to_end_writes_comparison(tmp_path) -> None:
     assert saved["metrics"]["backbone_test"] == doc["backbone_test"]
     assert (tmp_path / "run" / "baseline" / "result_subgroups.json").exists()
 
+    # a rerun on the finished folders combines the results without ranking the test set again
+    stamp = (tmp_path / "run" / "result.json").stat().st_mtime_ns
+    assert scoter_train.run_scoter(cfg)["scoter_test"] == doc["scoter_test"]
+    assert (tmp_path / "run" / "result.json").stat().st_mtime_ns == stamp
+
+    # `scoter evaluate` on the saved weights reproduces both runs' test numbers
+    from offline.checkpoint_eval import evaluate_generative_checkpoint
+
+    common = {"dataset": "tiny", "codes_path": tmp_path / "codes.npz", "beam": 10, "data_root": tmp_path / "data"}
+    fused = evaluate_generative_checkpoint(tmp_path / "run" / "best.pt", reasoning_dir=tmp_path / "H", **common)
+    assert fused["scoter"] and fused["test"] == doc["scoter_test"]
+    assert fused["test_h_absent"] == doc["scoter_test_h_absent"]
+    plain = evaluate_generative_checkpoint(tmp_path / "run" / "baseline" / "best.pt", **common)
+    assert not plain["scoter"] and plain["test"] == doc["backbone_test"]
+    with pytest.raises(ValueError, match="--reasoning"):
+        evaluate_generative_checkpoint(tmp_path / "run" / "best.pt", **common)
+
 
 def test_history_text_reasoner_matches_array_split_reference() -> None:
     import numpy as np

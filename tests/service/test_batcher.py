@@ -55,6 +55,35 @@ async def test_max_batch_splits_and_lone_request_waits_at_most_max_wait(executor
     assert lone < 0.5  # waited for companions at most ~max_wait, not forever
 
 
+async def test_greedy_policy_dispatches_a_lone_request_at_once_and_batches_arrivals_during_a_run(executor):
+    """max_wait_ms=0 (the default): an idle worker never waits for companions; requests that arrive while a
+    batch runs form the next batch together."""
+    gate = threading.Event()
+    calls: list[list[int]] = []
+
+    def fn(xs: list[int]) -> list[int]:
+        if xs == [0]:
+            gate.wait(5)  # hold the first batch so the next ones queue up behind it
+        calls.append(list(xs))
+        return xs
+
+    b = MicroBatcher(fn, executor=executor, max_batch=16, max_wait_ms=0, capacity=64)
+    await b.start()
+    try:
+        first = asyncio.create_task(b.submit(0))
+        await asyncio.sleep(0.05)
+        behind = [asyncio.create_task(b.submit(i)) for i in range(1, 6)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(first, *behind)
+        lone = await b.submit(42)
+    finally:
+        gate.set()
+        await b.stop()
+    assert calls == [[0], [1, 2, 3, 4, 5], [42]]
+    assert lone.batch_size == 1 and lone.queue_wait_s < 0.02  # no timed wait for companions
+
+
 async def test_rejects_past_capacity_immediately(executor):
     gate = threading.Event()
 
