@@ -94,7 +94,9 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "artifacts/export_bench")
     parser.add_argument("--train-steps", type=int, default=40)
     parser.add_argument("--train-batch", type=int, default=128)
-    parser.add_argument("--reasoning-steps", type=int, default=4)
+    parser.add_argument("--reasoning-steps", type=int, default=4, help="K of the briefly trained model")
+    parser.add_argument("--reasoning", type=Path, default=None,
+                        help="H folder (H_test.npy, present_test.npy) for real inputs; default synthetic N(0,1)")
     parser.add_argument("--threads", type=int, default=1, help="torch and ORT intra-op threads (same for both)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-users", type=int, help="limit the full test-set pass (default: all)")
@@ -109,15 +111,18 @@ def main() -> int:
         checkpoint = args.work / "tiger_fusion_brief.pt"
         if not checkpoint.exists():  # resumable: a finished training is reused
             brief_train(args.codes, checkpoint, args.train_steps, args.reasoning_steps, args.train_batch)
-    src = load_ranking_source(checkpoint, args.codes, "beauty", beam=20, reasoning_steps=args.reasoning_steps)
+    src = load_ranking_source(checkpoint, args.codes, "beauty", beam=20,
+                              reasoning_steps=None if args.checkpoint else args.reasoning_steps)
+    fused = bool(src.provenance.get("fused"))
+    model_desc = f"{src.backbone}{' + fusion' if fused else ''}" + (" (paper size)" if args.checkpoint is None else "")
     bundle = args.work / "bundle"
     start = time.perf_counter()
-    export_bundle(src, bundle, ExportConfig(model_id="scoter-tiger-beauty-bench", overwrite=True))
+    export_bundle(src, bundle, ExportConfig(model_id=f"scoter-{src.backbone}-beauty-bench", overwrite=True))
     export_seconds = time.perf_counter() - start
     log.info("exported in %.1f s", export_seconds)
 
     feeds, targets, note = dataset_feeds("beauty", src.max_history, src.reasoning_steps, src.reasoning_dim,
-                                         "test", args.max_users)
+                                         "test", args.max_users, reasoning_dir=args.reasoning)
     n = feeds["history"].shape[0]
     ranker = BundleRanker(bundle, RankerConfig(intra_op_threads=args.threads))
     module = src.module
@@ -175,7 +180,7 @@ def main() -> int:
         "git_commit": git_commit(),
         "command": " ".join(["python", "benchmarks/export_speed.py", *sys.argv[1:]]),
         "checkpoint": str(checkpoint), "checkpoint_note": torch.load(checkpoint, weights_only=False).get("note"),
-        "model": {"backbone": "tiger (paper size) + fusion", "n_items": int(src.codes.shape[0] - 1),
+        "model": {"backbone": model_desc, "n_items": int(src.codes.shape[0] - 1),
                   "codebook_sizes": src.codebook_sizes, "beam": 20, "K": src.reasoning_steps,
                   "D": src.reasoning_dim, "max_history": src.max_history},
         "exporter": "torch.onnx.export(dynamo=True), opset 18, whole beam search in graph",

@@ -145,6 +145,10 @@ def convert_fp16(src_path: Path, dst_path: Path) -> None:
         model, keep_io_types=True, op_block_list=FP16_BLOCKED_OPS, node_block_list=score_path_nodes(model)
     )
     half = _topological_sort(half)  # the converter appends its input casts at the end of the node list
+    # the converter can leave an fp32 type on a tensor it turned fp16 (seen when a LogSoftmax output feeds TopK
+    # through a Reshape only): drop the intermediate type annotations and infer them afresh
+    del half.graph.value_info[:]
+    half = onnx.shape_inference.infer_shapes(half, strict_mode=True)
     onnx.checker.check_model(half, full_check=True)
     onnx.save(half, str(dst_path))
 

@@ -79,28 +79,36 @@ def constrained_beam_search(
     mem, mask = model.memory(history, reasoning, present)
     B = mem.shape[0]
     dec = model.decoder
-    state = dec.init_state(mem, mask, beam)
     device = mem.device
-    token = torch.full((B * beam,), BOS, dtype=torch.long, device=device)
-    # Only beam 0 is live at the start; the others start at -inf so the first top-k picks distinct codes.
-    scores = torch.zeros(B, beam, device=device)
-    scores = torch.cat([scores[:, :1], torch.full_like(scores[:, 1:], NEG_INF)], dim=1)
-    node = torch.zeros(B, beam, dtype=torch.long, device=device)
-    row_base = (torch.arange(B, device=device) * beam).unsqueeze(1)
+    # The first step decodes one row per user (every beam would hold the same BOS prefix): 1/beam of that step's
+    # decoder work; the top-k then fans out to `beam` rows. When the first level has fewer codes than beams, all
+    # beams start at once with beams 1.. at -inf, so the first top-k still picks distinct codes.
+    width = 1 if dec.codebook_sizes[0] >= beam else beam
+    state = dec.init_state(mem, mask, width)
+    token = torch.full((B * width,), BOS, dtype=torch.long, device=device)
+    scores: torch.Tensor | None = None  # the first step's log-probs are the scores
+    if width > 1:
+        scores = torch.zeros(B, width, device=device)
+        scores = torch.cat([scores[:, :1], torch.full_like(scores[:, 1:], NEG_INF)], dim=1)
+    node = torch.zeros(B, width, dtype=torch.long, device=device)
     for pos in range(model.code_length):
         logp, state = dec.step(token, pos, state)
         V = dec.codebook_sizes[pos]
-        logp = logp.view(B, beam, V)
+        logp = logp.view(B, width, V)
         if constrain:
-            child = trie.table(pos)[node]  # [B, beam, V], -1 where the prefix does not exist
+            child = trie.table(pos)[node]  # [B, width, V], -1 where the prefix does not exist
             logp = logp.masked_fill(child < 0, NEG_INF)
-        cand = (scores.unsqueeze(-1) + logp).reshape(B, beam * V)
+        cand = (logp if scores is None else scores.unsqueeze(-1) + logp).reshape(B, width * V)
         scores, idx = torch.topk(cand, beam, dim=1)
         parent = torch.div(idx, V, rounding_mode="floor")
         code = idx - parent * V
         if constrain:
-            node = child.reshape(B, beam * V).gather(1, idx).clamp(min=0)
+            node = child.reshape(B, width * V).gather(1, idx).clamp(min=0)
+        row_base = (torch.arange(B, device=device) * width).unsqueeze(1)
         state = dec.reorder(state, (parent + row_base).reshape(-1))
+        if width != beam:
+            state = dec.widen(state, beam)
+            width = beam
         token = code.reshape(-1) + dec.offsets[pos]
     dead = torch.isinf(scores)
     items = trie.leaf_item[node].masked_fill(dead, 0) if constrain else torch.zeros_like(node)

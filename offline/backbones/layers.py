@@ -199,6 +199,12 @@ class CodeDecoder(nn.Module):
         return logp, {**state, "self": new_self}
 
     @staticmethod
+    def widen(state: dict, beams: int) -> dict:
+        """After a one-row-per-user first step: the per-user context for `beams` rows (the self-attention
+        caches are widened by `reorder` with each user's row repeated)."""
+        return {**state, "beams": beams, "ctx": state["ctx"].repeat_interleave(beams // state["beams"], dim=0)}
+
+    @staticmethod
     def reorder(state: dict, index: torch.Tensor) -> dict:
         """Keep the self-attention caches of the surviving beams (index [N] into the flat batch*beam axis).
         Cross-attention state needs no reordering: beams never move between users."""
