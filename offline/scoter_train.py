@@ -525,16 +525,16 @@ def run_baseline(cfg: ScoterRunConfig, splits: Splits, codes: SemanticIds) -> di
     return metrics
 
 
-def _finished_result(out: Path, splits: Splits) -> dict[str, Any] | None:
-    """The final evaluation of a finished run, when it is newer than its best weights (a rerun that only
-    combines results must not re-rank the whole test set twice)."""
+def _final_result(out: Path, splits: Splits) -> dict[str, Any] | None:
+    """A run's final evaluation (result.json) when it is newer than its best weights: metrics plus
+    epochs_trained and reasoning_source, so a rerun that only combines results does not rank the test set again."""
     result, best = out / "result.json", out / BEST
     if not result.exists() or (best.exists() and best.stat().st_mtime > result.stat().st_mtime):
         return None
     doc = json.loads(result.read_text())
     if doc["dataset"]["checksum"] != splits.dataset.checksum:
         return None
-    return doc["metrics"]
+    return doc
 
 
 def run_baseline_only(cfg: ScoterRunConfig) -> dict[str, Any]:
@@ -544,39 +544,36 @@ def run_baseline_only(cfg: ScoterRunConfig) -> dict[str, Any]:
     return run_baseline(cfg, splits, codes)
 
 
-def run_scoter(cfg: ScoterRunConfig, with_baseline: bool = True) -> dict[str, Any]:
-    """Backbone vs SCoTER on one dataset: writes <out>/comparison.json and returns it."""
+def run_scoter(cfg: ScoterRunConfig, with_baseline: bool = True, reuse_final: bool = False) -> dict[str, Any]:
+    """Backbone vs SCoTER on one dataset: writes <out>/comparison.json and returns it.
+
+    A finished run is never retrained and its final evaluation is reused. ``reuse_final`` also reuses the final
+    evaluation of a run stopped by its time budget (which a plain rerun would continue training): for combining
+    runs trained elsewhere or in parallel."""
     codes = SemanticIds.load(cfg.codes_path or default_codes_path(cfg.dataset))
     splits = Splits.load(cfg.dataset, max_users=cfg.max_users, root=cfg.data_root)
-    reasoning = resolve_reasoning(cfg, splits.dataset)
     baseline = run_baseline(cfg, splits, codes) if with_baseline else None
     out = cfg.resolved_out()
-    d_item = build_model(cfg.backbone, codes.codes, codes.codebook_sizes, cfg.backbone_config).config.d_model
-    fusion_cfg = cfg.fusion_config(reasoning.D, d_item)
-    init = baseline_dir(cfg) / BEST if cfg.init_from_baseline else None
-    trainer = ScoterTrainer(
-        cfg.backbone,
-        splits,
-        codes,
-        out,
-        cfg.train,
-        fusion_cfg,
-        reasoning,
-        cfg.backbone_config,
-        cfg.device,
-        init_from=init,
-    )
-    trainer.fit()
-    metrics = _finished_result(out, splits) if trainer.finished else None
-    if metrics is None:
+    final = _final_result(out, splits) if reuse_final or has_finished(out) else None
+    if final is None:
+        reasoning = resolve_reasoning(cfg, splits.dataset)
+        d_item = build_model(cfg.backbone, codes.codes, codes.codebook_sizes, cfg.backbone_config).config.d_model
+        init = baseline_dir(cfg) / BEST if cfg.init_from_baseline else None
+        trainer = ScoterTrainer(cfg.backbone, splits, codes, out, cfg.train, cfg.fusion_config(reasoning.D, d_item),
+                                reasoning, cfg.backbone_config, cfg.device, init_from=init)
+        trainer.fit()
         metrics = trainer.final_evaluation()
+        source, epochs = reasoning.source, trainer.epoch
+    else:
+        log.info("%s: reusing the final evaluation in %s", cfg.backbone, out / "result.json")
+        metrics, source, epochs = final["metrics"], final["config"]["reasoning_source"], final["epochs_trained"]
     doc: dict[str, Any] = {
         "scoter_test": metrics["test"],
         "scoter_test_h_absent": metrics["test_h_absent"],
         "scoter_test_subgroups": metrics["test_subgroups"],
         "ablation": cfg.ablation,
-        "reasoning_source": reasoning.source,
-        "epochs_trained": trainer.epoch,
+        "reasoning_source": source,
+        "epochs_trained": epochs,
     }
     if baseline is not None:
         doc.update(

@@ -400,6 +400,14 @@ def test_run_scoter_end_to_end_writes_comparison(tmp_path) -> None:
     stamp = (tmp_path / "run" / "result.json").stat().st_mtime_ns
     assert scoter_train.run_scoter(cfg)["scoter_test"] == doc["scoter_test"]
     assert (tmp_path / "run" / "result.json").stat().st_mtime_ns == stamp
+    # a run stopped by its time budget would continue training on a plain rerun; combining reuses its result
+    from offline.training_utils import load_checkpoint, save_checkpoint
+
+    last = tmp_path / "run" / "last.pt"
+    save_checkpoint(last, {**load_checkpoint(last), "finished": False})
+    last_stamp = last.stat().st_mtime_ns
+    assert scoter_train.run_scoter(cfg, reuse_final=True)["scoter_test"] == doc["scoter_test"]
+    assert last.stat().st_mtime_ns == last_stamp and (tmp_path / "run" / "result.json").stat().st_mtime_ns == stamp
 
     # `scoter evaluate` on the saved weights reproduces both runs' test numbers
     from offline.checkpoint_eval import evaluate_generative_checkpoint
