@@ -108,14 +108,20 @@ def abstract_template(llm: LLM, paths: Sequence[str], mining: Mining, cfg: GVMCo
     return {"steps": steps, "source": "llm_best_path", "llm_output": raw}
 
 
-def guided_generate(llm: LLM, chats: list[list[dict[str, str]]], cfg: GVMConfig, seed: int) -> list[str]:
+def guided_generate(llm: LLM, chats: list[list[dict[str, str]]], cfg: GVMConfig, seed: int,
+                    fixed_path: Sequence[str] | None = None) -> list[str]:
     """Figure-9 answers written section by section: the opening tag of each section is prefilled as the
     assistant turn and the model writes the body until the closing tag (guided decoding, as vLLM's guided
-    generation would enforce). The sections' content is still entirely the model's."""
+    generation would enforce). The sections' content is still entirely the model's, except with `fixed_path`:
+    then the <cot_path> is that template's steps and the model writes only the reason and the recommendations
+    (how a manual template is validated on the same footing as the sampled paths)."""
     rounds = [("<cot_path>\n", ("</cot_path>", "<reason>"), cfg.path_max_tokens, "\n</cot_path>\n"),
               ("<reason>\n", ("</reason>", "<recommendations>"), cfg.reason_max_tokens, "\n</reason>\n"),
               ("<recommendations>\n<item>", ("</recommendations>",), cfg.recs_max_tokens, "\n</recommendations>")]
     answers = [""] * len(chats)
+    if fixed_path is not None:
+        answers = [f"<cot_path>\n{' -> '.join(fixed_path)}\n</cot_path>\n"] * len(chats)
+        rounds = rounds[1:]
     for r, (opening, stop, max_tokens, closing) in enumerate(rounds):
         prefixes = [a + opening for a in answers]
         params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=max_tokens,
@@ -126,15 +132,9 @@ def guided_generate(llm: LLM, chats: list[list[dict[str, str]]], cfg: GVMConfig,
     return answers
 
 
-def run_gvm(cfg: GVMConfig, llm: LLM, dataset: Any, out_dir: Path, *, embed: Embed | None = None,
-            item_emb: np.ndarray | None = None) -> dict[str, Any]:
-    """The whole pipeline; writes chains.json, clusters.json, template.json and report.json into out_dir."""
-    from offline.reasoning.encode import embed as default_embed
-    from offline.reasoning.encode import item_embeddings
-
-    embed = embed or default_embed
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
+def _generate(cfg: GVMConfig, llm: LLM, dataset: Any,
+              fixed_path: Sequence[str] | None = None) -> tuple[list[str], list[dict[str, Any]], int]:
+    """Figure-9 prompts for the sampled users' validation histories -> (outputs, meta per output, users)."""
     users = corpus.sample_users(dataset, cfg.users, cfg.seed)
     chats, meta = [], []
     for u in users:
@@ -147,12 +147,49 @@ def run_gvm(cfg: GVMConfig, llm: LLM, dataset: Any, out_dir: Path, *, embed: Emb
     outputs: list[str] = []
     for s in range(cfg.samples_per_user):  # one seed per sample round so samples differ yet stay cacheable
         idx = [i for i, m in enumerate(meta) if m["sample"] == s]
-        if cfg.guided:
-            outputs.extend(guided_generate(llm, [chats[i] for i in idx], cfg, seed=cfg.seed + s))
+        if cfg.guided or fixed_path is not None:
+            outputs.extend(guided_generate(llm, [chats[i] for i in idx], cfg, seed=cfg.seed + s,
+                                           fixed_path=fixed_path))
         else:
             params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                                     seed=cfg.seed + s)
             outputs.extend(llm.generate([chats[i] for i in idx], params))
+    return outputs, meta, len(users)
+
+
+def validate_template(cfg: GVMConfig, llm: LLM, dataset: Any, steps: Sequence[str], *,
+                      embed: Embed | None = None, item_emb: np.ndarray | None = None) -> dict[str, Any]:
+    """Generate-Validate for one given template (e.g. the paper's manual 2/3/5-step ones): the same users,
+    prompts and sampling as `run_gvm`, the <cot_path> fixed to `steps`; returns parse success and mean
+    Recall@20, comparable with the discovered clusters' Quality(P)."""
+    from offline.reasoning.encode import embed as default_embed
+    from offline.reasoning.encode import item_embeddings
+
+    embed = embed or default_embed
+    t0 = time.perf_counter()
+    outputs, meta, n_users = _generate(cfg, llm, dataset, fixed_path=steps)
+    parsed = [parse_gvm_output(o, min_steps=1) for o in outputs]
+    ok = [i for i, p in enumerate(parsed) if p.error is None and p.recommendations]
+    items = item_emb if item_emb is not None else item_embeddings(dataset)
+    scores = [recall_score(parsed[i].recommendations, meta[i]["target"], items, embed, cfg.recall_k) for i in ok]
+    return {"template": list(steps), "users": n_users, "generated": len(outputs), "usable": len(ok),
+            "parse_success_rate": len(ok) / max(len(outputs), 1),
+            "errors": dict(Counter(p.error or "no_recommendations" for i, p in enumerate(parsed) if i not in ok)),
+            "mean_recall_at_20": float(np.mean(scores)) if scores else None,
+            "mean_recall_at_20_all": float(np.sum(scores) / max(len(outputs), 1)),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def run_gvm(cfg: GVMConfig, llm: LLM, dataset: Any, out_dir: Path, *, embed: Embed | None = None,
+            item_emb: np.ndarray | None = None) -> dict[str, Any]:
+    """The whole pipeline; writes chains.json, clusters.json, template.json and report.json into out_dir."""
+    from offline.reasoning.encode import embed as default_embed
+    from offline.reasoning.encode import item_embeddings
+
+    embed = embed or default_embed
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    outputs, meta, n_users = _generate(cfg, llm, dataset)
     times["generate_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -161,7 +198,7 @@ def run_gvm(cfg: GVMConfig, llm: LLM, dataset: Any, out_dir: Path, *, embed: Emb
     ok = [i for i, p in enumerate(parsed) if p.error is None]
     chains = [{**meta[i], "raw": outputs[i], "error": parsed[i].error, "path": parsed[i].path_steps,
                "reason": parsed[i].reason, "recommendations": parsed[i].recommendations} for i in range(len(meta))]
-    report: dict[str, Any] = {"users": len(users), "generated": len(outputs), "malformed": len(outputs) - len(ok),
+    report: dict[str, Any] = {"users": n_users, "generated": len(outputs), "malformed": len(outputs) - len(ok),
                               "malformed_rate": (len(outputs) - len(ok)) / max(len(outputs), 1),
                               "malformed_by_reason": dict(errors)}
     if not ok:

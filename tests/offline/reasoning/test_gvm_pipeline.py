@@ -69,3 +69,31 @@ def test_run_gvm_writes_artifacts_and_picks_template(tiny_dataset, tmp_path) -> 
     template = read_json(tmp_path / "template.json")
     assert template["source"] == "llm_best_path"
     assert template["steps"] == ["Review past purchases", "Spot repeat brands", "Item Recommendation"]
+
+
+def test_validate_template_fixes_the_path_and_scores_the_answers(tiny_dataset) -> None:
+    """A manual template is validated like a sampled path: the <cot_path> is prefilled with its steps, the model
+    writes only the reason and the recommendations (two guided rounds), and Recall@20 is scored as in GVM."""
+    from offline.reasoning.encode import embed, item_embeddings
+    from offline.reasoning.gvm import validate_template
+
+    seen: list[dict] = []
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict) -> dict:
+        seen.append(body)
+        prefix = body["messages"][-1]["content"]
+        titles = re.findall(r"- Item \d+: ([^.\n]+)", body["messages"][-2]["content"])
+        text = "They rebuy." if prefix.endswith("<reason>\n") else "</item><item>".join(titles)
+        return {"choices": [{"message": {"role": "assistant", "content": text}}]}
+
+    steps = ["Summarize history", "Find repeat brands", "Item Recommendation"]
+    with serve(app) as url:
+        res = validate_template(GVMConfig(users=5), HttpLLM(HttpLLMConfig(base_url=url)), tiny_dataset, steps,
+                                embed=embed, item_emb=item_embeddings(tiny_dataset))
+    assert len(seen) == 2 * 5  # reason and recommendations rounds only: the path is never generated
+    assert all(b["messages"][-1]["content"].startswith(
+        "<cot_path>\nSummarize history -> Find repeat brands -> Item Recommendation\n</cot_path>") for b in seen)
+    assert res["template"] == steps and res["generated"] == res["usable"] == 5 and res["parse_success_rate"] == 1.0
+    assert 0.0 <= res["mean_recall_at_20"] <= 1.0 and res["errors"] == {}
