@@ -154,18 +154,23 @@ def summarize(latencies: list[float], codes: dict[int, int], wall: float) -> dic
             "p99_ms": round(float(np.percentile(ms, 99)), 3), "mean_ms": round(float(ms.mean()), 3)}
 
 
-def closed_main(argv: list[str] | None = None) -> int:
-    """The fixed-concurrency (closed-loop) run: hit / miss / redis_down."""
-    p = argparse.ArgumentParser(description="closed-loop service latency")
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """The served bundle and the server settings both modes pass to `scoter serve`."""
     p.add_argument("--bundle", type=Path, help="exported bundle (default: build the tiny test bundle)")
-    p.add_argument("--requests", type=int, default=2000)
-    p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--users", type=int, default=1000)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=0.0)
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument("--redis-deadline-ms", type=float, default=25.0, help="the service's store-fetch budget")
+
+
+def closed_main(argv: list[str] | None = None) -> int:
+    """The fixed-concurrency (closed-loop) run: hit / miss / redis_down."""
+    p = argparse.ArgumentParser(description="closed-loop service latency")
+    add_server_args(p)
+    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--users", type=int, default=1000)
     p.add_argument("--scenarios", default="hit,miss,redis_down")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/service_latency.json")
     args = p.parse_args(argv)
@@ -394,7 +399,7 @@ def parse_users(spec: str | None, n: int) -> list[str] | None:
 
 def open_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="open-loop service load test")
-    p.add_argument("--bundle", type=Path, help="exported bundle (default: build the tiny test bundle)")
+    add_server_args(p)
     p.add_argument("--rates", default="25,50,100,150,200,300", help="requests/s per step")
     p.add_argument("--duration", type=float, default=12.0, help="seconds per step")
     p.add_argument("--arrivals", choices=("poisson", "constant"), default="poisson")
@@ -404,12 +409,7 @@ def open_main(argv: list[str] | None = None) -> int:
                    "(default: seed random H for fresh users under a fresh reasoning version)")
     p.add_argument("--n-users", type=int, default=1000, help="users to seed when --users is not given")
     p.add_argument("--reasoning-version", default=None, help="with --users: the version their H is under")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=0.0)
     p.add_argument("--queue-capacity", type=int, default=256)
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    p.add_argument("--redis-deadline-ms", type=float, default=25.0, help="the service's store-fetch budget")
     p.add_argument("--timeout", type=float, default=10.0, help="client timeout per request (s)")
     p.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp", help="load generator's HTTP client")
     p.add_argument("--slo-p99-ms", type=float, default=50.0)

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from offline.backbones.beam_search import TrieTensors, recommend
-from offline.backbones.train import Splits, build_model, default_codes_path
+from offline.backbones.train import Splits, default_codes_path, load_model
 from offline.data import LeaveOneOut
-from offline.evaluation import rank_metrics, subgroup_metrics
+from offline.evaluation import rank_metrics, report_ks, subgroup_metrics
 from offline.semantic_ids import SemanticIds
 from offline.training_utils import load_checkpoint
 
@@ -55,9 +55,7 @@ def evaluate_generative_checkpoint(
             raise ValueError(f"--reasoning: {path} is a SCoTER checkpoint; give the H folder it was trained with")
         model = load_scoter_model(path, codes)
     else:
-        model = build_model(state["backbone"], codes.codes, codes.codebook_sizes, state["model_config"])
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()})
-        model.eval()
+        model = load_model(path, codes)
     data = Splits.load(dataset, max_users=max_users, root=data_root)
     reasoning = load_reasoning(reasoning_dir, data.dataset.user_ids) if fused else None
     if reasoning is not None and reasoning.K != state.get("reasoning_steps", reasoning.K):
@@ -65,7 +63,7 @@ def evaluate_generative_checkpoint(
                          f"{state['reasoning_steps']}")
     trie = TrieTensors.for_model(model)
     loo = LeaveOneOut(data.dataset)
-    ks = tuple(sorted({min(k, beam) for k in (5, 10, 20)}))
+    ks = report_ks(beam)
     runs = [(s, s, True) for s in splits] + ([("test_h_absent", "test", False)] if fused and "test" in splits else [])
     out: dict[str, Any] = {"backbone": state["backbone"], "scoter": fused, "epoch": state.get("epoch"),
                            "checkpoint": str(path)}

@@ -89,6 +89,11 @@ def topk_from_scores(
     return idx.cpu().numpy().astype(np.int64), vals.cpu().numpy()
 
 
+def report_ks(beam: int) -> tuple[int, ...]:
+    """The cut-offs reported for a ranking of `beam` items: 5, 10, 20, capped at the beam."""
+    return tuple(sorted({min(k, beam) for k in (5, 10, 20)}))
+
+
 def rank_metrics(topk: np.ndarray, targets: np.ndarray, ks: Sequence[int] = (5, 10, 20)) -> dict[str, float]:
     """Recall@k and NDCG@k with one relevant item per row (leave-one-out): Recall@k = hit rate,
     NDCG@k = 1 / log2(rank + 2) for a hit at 0-based rank, else 0."""

@@ -28,7 +28,7 @@ from offline.backbones.beam_search import recommend
 from offline.backbones.config import TrainConfig
 from offline.backbones.train import BEST, LAST, Splits, Trainer, build_model, default_codes_path
 from offline.data import Dataset, LeaveOneOut
-from offline.evaluation import rank_metrics, subgroup_metrics, write_result
+from offline.evaluation import rank_metrics, report_ks, subgroup_metrics, write_result
 from offline.fusion import ABLATIONS, FusionConfig, ReasoningFusion
 from offline.semantic_ids import SemanticIds
 from offline.training_utils import load_checkpoint
@@ -367,7 +367,7 @@ class ScoterTrainer(Trainer):
             self.model.load_state_dict(load_checkpoint(self.out / BEST)["model"])
         t0 = time.monotonic()
         loo = LeaveOneOut(self.splits.dataset)
-        ks = tuple(sorted({min(k, self.cfg.beam) for k in (5, 10, 20)}))
+        ks = report_ks(self.cfg.beam)
         metrics: dict[str, Any] = {}
         for name, split, with_h in (
             ("valid", "valid", True),
@@ -506,7 +506,7 @@ def run_baseline(cfg: ScoterRunConfig, splits: Splits, codes: SemanticIds) -> di
         beam=cfg.train.beam,
         batch_size=cfg.train.eval_batch,
     )
-    ks = tuple(sorted({min(k, cfg.train.beam) for k in (5, 10, 20)}))
+    ks = report_ks(cfg.train.beam)
     metrics = {
         "test": rank_metrics(items, splits.test[1], ks),
         "test_subgroups": subgroup_metrics(
