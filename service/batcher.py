@@ -64,7 +64,7 @@ class MicroBatcher(Generic[P, R]):
         self._arrived: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._running = False
-        self._busy = 0  # batches handed to the executor and not finished yet
+        self._in_hand: dict[int, list[_Job[P, R]]] = {}  # per worker: jobs taken off the queue, not answered
 
     @property
     def running(self) -> bool:
@@ -78,23 +78,21 @@ class MicroBatcher(Generic[P, R]):
         self._queue = asyncio.Queue(maxsize=self.capacity)
         self._arrived = asyncio.Event()
         self._running = True
-        self._workers = [asyncio.create_task(self._work(), name=f"{self.name}-{i}") for i in range(self.n_workers)]
+        self._workers = [asyncio.create_task(self._work(i), name=f"{self.name}-{i}") for i in range(self.n_workers)]
 
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
         """Refuse new work, let queued and running jobs finish (up to the timeout), then stop the workers."""
         self._running = False
         if self._queue is not None:
             deadline = time.monotonic() + drain_timeout_s
-            while (not self._queue.empty() or self._busy) and time.monotonic() < deadline:
+            while (not self._queue.empty() or any(self._in_hand.values())) and time.monotonic() < deadline:
                 await asyncio.sleep(0.005)
         for w in self._workers:
             w.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
         while self._queue is not None and not self._queue.empty():
-            job = self._queue.get_nowait()
-            if not job.future.done():
-                job.future.set_exception(NotRunningError(f"{self.name} stopped"))
+            self._fail([self._queue.get_nowait()], NotRunningError(f"{self.name} stopped"))
 
     async def submit(self, payload: P) -> BatchResult[R]:
         if not self._running or self._queue is None:
@@ -107,9 +105,13 @@ class MicroBatcher(Generic[P, R]):
         self._arrived.set()
         return await job.future
 
-    async def _collect(self) -> list[_Job[P, R]]:
-        """Wait for a first job, then gather more until max_batch or max_wait has passed."""
-        batch = [await self._queue.get()]
+    async def _collect(self, batch: list[_Job[P, R]]) -> None:
+        """Wait for a first job, then gather more until max_batch or max_wait has passed.
+
+        Jobs go into the worker's own `batch` as they leave the queue, so `stop` sees them as in hand and a
+        cancelled worker can still fail them: a request never waits forever on a job nobody holds.
+        """
+        batch.append(await self._queue.get())
         deadline = time.perf_counter() + self.max_wait_s
         while len(batch) < self.max_batch:
             while len(batch) < self.max_batch and not self._queue.empty():
@@ -125,33 +127,37 @@ class MicroBatcher(Generic[P, R]):
                 while len(batch) < self.max_batch and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 break
-        return batch
 
-    async def _work(self) -> None:
+    def _fail(self, jobs: list[_Job[P, R]], exc: BaseException) -> None:
+        for j in jobs:
+            if not j.future.done():
+                j.future.set_exception(exc)
+
+    async def _work(self, slot: int) -> None:
         loop = asyncio.get_running_loop()
+        held = self._in_hand[slot] = []
         while True:
-            batch = [j for j in await self._collect() if not j.future.done()]  # skip abandoned requests
-            if not batch:
-                continue
-            started = time.perf_counter()
-            self.on_batch(len(batch))
-            self._busy += 1
             try:
-                results = await loop.run_in_executor(self.executor, self.fn, [j.payload for j in batch])
+                await self._collect(held)
+                batch = [j for j in held if not j.future.done()]  # skip abandoned requests
+                if batch:
+                    await self._run(loop, batch)
             except asyncio.CancelledError:
-                for j in batch:
-                    if not j.future.done():
-                        j.future.set_exception(NotRunningError(f"{self.name} stopped"))
+                self._fail(held, NotRunningError(f"{self.name} stopped"))
                 raise
-            except Exception as exc:  # one bad batch fails its requests, never the worker
-                log.exception("%s: batch of %d failed", self.name, len(batch))
-                for j in batch:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
-                continue
             finally:
-                self._busy -= 1
-            inference_s = time.perf_counter() - started
-            for j, r in zip(batch, results, strict=True):
-                if not j.future.done():
-                    j.future.set_result(BatchResult(r, started - j.enqueued, inference_s, len(batch)))
+                held.clear()
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Job[P, R]]) -> None:
+        started = time.perf_counter()
+        self.on_batch(len(batch))
+        try:
+            results = await loop.run_in_executor(self.executor, self.fn, [j.payload for j in batch])
+        except Exception as exc:  # one bad batch fails its requests, never the worker
+            log.exception("%s: batch of %d failed", self.name, len(batch))
+            self._fail(batch, exc)
+            return
+        inference_s = time.perf_counter() - started
+        for j, r in zip(batch, results, strict=True):
+            if not j.future.done():
+                j.future.set_result(BatchResult(r, started - j.enqueued, inference_s, len(batch)))

@@ -146,3 +146,31 @@ async def test_stop_drains_the_running_and_the_queued_batches(executor):
     release.set()
     await stopping
     assert [j.result().value for j in jobs] == [1, 2, 3, 4, 5]
+
+
+async def _until_taken(b: MicroBatcher) -> None:
+    """Let the submit enqueue and the worker take the job; it then waits for companions, the queue empty."""
+    await asyncio.sleep(0.05)
+    assert b.queued == 0
+
+
+async def test_stop_while_a_worker_waits_for_companions_answers_the_job_it_holds(executor):
+    """Regression (CI hang): a worker holding a job while it waits max_wait for companions leaves the queue
+    empty; stop must still wait for that job, not cancel the worker and leave the request hanging."""
+    b = MicroBatcher(lambda xs: [x * 2 for x in xs], executor=executor, max_batch=16, max_wait_ms=300,
+                     capacity=8)
+    await b.start()
+    job = asyncio.create_task(b.submit(21))
+    await _until_taken(b)
+    await b.stop(drain_timeout_s=5)
+    assert (await asyncio.wait_for(job, 1)).value == 42
+
+
+async def test_stop_past_the_drain_timeout_fails_the_held_job_instead_of_hanging(executor):
+    b = MicroBatcher(lambda xs: xs, executor=executor, max_batch=16, max_wait_ms=5000, capacity=8)
+    await b.start()
+    job = asyncio.create_task(b.submit(1))
+    await _until_taken(b)
+    await b.stop(drain_timeout_s=0)
+    with pytest.raises(NotRunningError):
+        await asyncio.wait_for(job, 1)
