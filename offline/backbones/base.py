@@ -108,6 +108,10 @@ class GenerativeBackbone(nn.Module):
         ce = sum(F.cross_entropy(lg.float(), codes[:, pos]) for pos, lg in enumerate(logits)) / len(logits)
         parts = {"ce": float(ce.detach())}
         total = ce
+        item = self.item_loss(mem, targets)
+        if item is not None:
+            parts["item"] = float(item.detach())
+            total = total + item
         aux = self.aux_loss(targets, reasoning, present)
         if aux is not None:
             parts["aux"] = float(aux.detach())
@@ -125,6 +129,19 @@ class GenerativeBackbone(nn.Module):
             trie = TrieTensors.for_model(self).to(self.codes.device)
             self.__dict__["_trie_cache"] = trie  # plain attribute: not a submodule, not in state_dict
         return recommend(self, histories, k, trie, beam=max(beam, k), batch_size=batch_size)
+
+    def item_loss(self, mem: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        """weight * softmax cross-entropy of the target among all items, scored by the newest memory slot against
+        the tied item embeddings. Off unless the config sets ``item_loss_weight``: it trains the encoder state the
+        decoder reads to single out the item itself, not only its code cluster (the SID loss alone leaves rare
+        items behind, see BENCHMARKS.md)."""
+        weight = float(getattr(getattr(self, "config", None), "item_loss_weight", 0.0))
+        if weight == 0.0:
+            return None
+        table = self.item_embedding(torch.arange(self.n_items + 1, device=targets.device))
+        logits = mem[:, -1].float() @ table.float().T
+        logits[:, 0] = float("-inf")  # padding is never a target
+        return weight * F.cross_entropy(logits, targets)
 
     def aux_loss(
         self, targets: torch.Tensor, reasoning: torch.Tensor | None, present: torch.Tensor | None

@@ -69,6 +69,12 @@ class HstuConfig(BaseModel):
     item_id_embedding: bool = Field(
         True, description="add a per-item embedding to the summed semantic-ID embeddings (paper); False = SID-only"
     )
+    item_loss_weight: float = Field(
+        0.0, ge=0.0,
+        description="training-only auxiliary loss: weight of a full softmax over items (tied item embeddings) "
+        "from the newest encoder state, as SASRec trains; 0 = the paper's SID cross-entropy alone. Inference "
+        "(beam search over semantic IDs) is unchanged",
+    )
     decoder: DecoderConfig = Field(
         default_factory=lambda: DecoderConfig(d_model=256, layers=3, heads=4, d_kv=64, d_ff=1024, dropout=0.1)
     )

@@ -220,7 +220,7 @@ class Trainer:
         return self.backbone
 
     def batch_loss(self, idx: torch.Tensor, hist: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Loss of one mini-batch (rows ``idx`` of the training tensors) and its logged parts ("ce", "aux")."""
+        """Loss of one mini-batch (rows ``idx`` of the training tensors) and its logged parts ("ce", "item", "aux")."""
         return self.model.loss(hist[idx], tgt[idx])
 
     def validation_metrics(self, v_hist: np.ndarray, v_tgt: np.ndarray) -> dict[str, float]:
@@ -238,7 +238,8 @@ class Trainer:
         n, bs = hist.shape[0], self.cfg.batch_size
         n_batches = (n + bs - 1) // bs
         perm = torch.randperm(n).to(self.device)
-        total, aux, batches, out_of_time = 0.0, 0.0, 0, False
+        sums: dict[str, float] = {"ce": 0.0}  # every loss part the model reports, shown on the progress bar
+        batches, out_of_time = 0, False
         bar = tqdm(range(0, n, bs), desc=f"{self.run_name} epoch {self.epoch + 1}", unit="batch", mininterval=5)
         for start in bar:
             idx = perm[start : start + bs]
@@ -251,16 +252,16 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.opt.step()
             self.step += 1
-            total += parts["ce"]
-            aux += parts.get("aux", 0.0)
+            for name, value in parts.items():
+                sums[name] = sums.get(name, 0.0) + value
             batches += 1
             if batches % 20 == 0:
-                bar.set_postfix(loss=f"{total / batches:.4f}", aux=f"{aux / batches:.4f}", lr=f"{lr:.2e}")
+                bar.set_postfix({**{k: f"{v / batches:.4f}" for k, v in sums.items()}, "lr": f"{lr:.2e}"})
             if deadline is not None and time.monotonic() > deadline:
                 out_of_time = True
                 break
         bar.close()
-        return total / max(batches, 1), out_of_time
+        return sums["ce"] / max(batches, 1), out_of_time
 
     def fit(self) -> None:
         """Train until epochs, patience or the time budget runs out; checkpoint every epoch."""

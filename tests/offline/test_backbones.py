@@ -191,3 +191,23 @@ def test_hstu_sid_only_input_has_no_item_table() -> None:
     assert not torch.allclose(emb[0], emb[2])
     h_seq, mask = model.encode(torch.tensor([[0, 0, 0, 0, 0, 3, 4, 5]]))
     assert h_seq.shape == (1, 8, model.config.d_model) and mask.sum() == 3
+
+
+def test_item_loss_is_off_by_default_and_equals_the_full_item_softmax_when_on() -> None:
+    """item_loss_weight adds weight * CE(newest memory slot . item table) to the SID loss and reports it; the
+    padding item is never a candidate; weight 0 (the paper) leaves the loss untouched."""
+    hist = torch.tensor([[0, 0, 0, 0, 1, 2, 3, 4], [0, 0, 0, 0, 0, 0, 7, 8]])
+    tgt = torch.tensor([5, 9])
+    plain = make("hstu").eval()
+    loss0, parts0 = plain.loss(hist, tgt)
+    assert "item" not in parts0
+    weighted = make("hstu", item_loss_weight=0.5).eval()  # same seed: same weights as `plain`
+    loss1, parts1 = weighted.loss(hist, tgt)
+    mem, _ = weighted.memory(hist)
+    table = weighted.item_embedding(torch.arange(N_ITEMS + 1))
+    logits = mem[:, -1] @ table.T
+    expected = torch.nn.functional.cross_entropy(logits[:, 1:], tgt - 1)  # softmax over real items only
+    torch.testing.assert_close(torch.tensor(parts1["item"]), 0.5 * expected)
+    torch.testing.assert_close(loss1, loss0 + 0.5 * expected)
+    loss1.backward()
+    assert weighted.item_emb.weight.grad[tgt].abs().sum() > 0  # the tied item table learns from it
