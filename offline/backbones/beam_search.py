@@ -111,7 +111,7 @@ def constrained_beam_search(
             width = beam
         token = code.reshape(-1) + dec.offsets[pos]
     dead = torch.isinf(scores)
-    items = trie.leaf_item[node].masked_fill(dead, 0) if constrain else torch.zeros_like(node)
+    items = trie.leaf_item[node].masked_fill(dead, 0) if constrain else torch.zeros_like(scores, dtype=torch.long)
     items, scores = _order_by_score_then_item(items, scores)
     return items[:, :topk], scores[:, :topk]
 

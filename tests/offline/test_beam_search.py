@@ -81,6 +81,23 @@ def test_small_beam_returns_distinct_real_items_best_first(kind: str) -> None:
     torch.testing.assert_close(scores, rescored, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("beam", [6, 12])  # first level (8 codes) >= beam: one row per user first; < beam: all
+def test_unconstrained_search_has_the_same_shapes_and_equals_it_on_a_full_catalogue(beam: int) -> None:
+    """constrain=False (only for timing the mask) must run on both first-step paths. When every code tuple is an
+    item the mask removes nothing, so both searches keep the same beams and scores."""
+    sizes = [8, 4]
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in sizes], indexing="ij"), -1).reshape(-1, len(sizes))
+    codes = np.vstack([np.zeros((1, 2), dtype=np.int64), grid]).astype(np.int64)
+    model = make_model("hstu", codes, sizes)
+    trie = TrieTensors.for_model(model)
+    history = torch.as_tensor(np.random.default_rng(7).integers(1, 33, size=(3, 5)))
+    with torch.no_grad():
+        items, scores = constrained_beam_search(model, history, trie, beam=beam, topk=5)
+        free_items, free_scores = constrained_beam_search(model, history, trie, beam=beam, topk=5, constrain=False)
+    assert free_items.shape == items.shape == (3, 5) and (free_items == 0).all()
+    torch.testing.assert_close(free_scores, scores)
+
+
 def test_ties_are_broken_by_lower_item_index() -> None:
     """With a zeroed output head every item has the same score: the order must be 1, 2, 3, ..."""
     rng = np.random.default_rng(6)
