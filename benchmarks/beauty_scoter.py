@@ -49,6 +49,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--eval-users", type=int, default=None)
     ap.add_argument("--time-budget", type=float, default=None, help="seconds per training run")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=None, help="training seed (default: TrainConfig's, 0)")
     ap.add_argument("--model-config", default=None, help="JSON backbone overrides (applied to every backbone)")
     ap.add_argument("--fusion-config", default=None, help="JSON FusionConfig overrides")
     ap.add_argument("--baseline", type=Path, default=None, help="reuse this plain-backbone run folder")
@@ -59,7 +60,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
 
 def run_config(args: argparse.Namespace, backbone: str, out: Path, **updates: Any) -> ScoterRunConfig:
     train: dict[str, Any] = {"num_threads": args.threads}
-    for key in ("epochs", "batch_size", "lr", "patience", "eval_users", "warmup_steps", "schedule"):
+    for key in ("epochs", "batch_size", "lr", "patience", "eval_users", "warmup_steps", "schedule", "seed"):
         if getattr(args, key) is not None:
             train[key] = getattr(args, key)
     if args.time_budget is not None:
