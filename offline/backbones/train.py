@@ -214,6 +214,18 @@ class Trainer:
             return (time.monotonic() - t_start) / self.cfg.time_budget_s
         return self.step / max(1, self.cfg.epochs * n_batches)
 
+    def _warn_if_not_annealed(self, n_examples: int) -> None:
+        """Early stopping under a cosine schedule sized to the budget can end the run at a high learning rate;
+        measured on Beauty, the fully annealed 45-min HSTU beat the 95-min one stopped at 55% of it (BENCHMARKS.md)."""
+        if self.cfg.schedule != "cosine":
+            return
+        n_batches = (n_examples + self.cfg.batch_size - 1) // self.cfg.batch_size
+        factor = lr_factor(self.cfg, self.step, self._progress(self.t_start, n_batches))
+        if factor > 0.5:
+            log.warning("%s: stopped with the learning rate still at %.0f%% of its peak: the cosine schedule never "
+                        "annealed; a shorter --time-budget (or fewer --epochs) or a larger --patience lets it",
+                        self.run_name, 100 * factor)
+
     # -- hooks a subclass (the SCoTER trainer) overrides; the loop, checkpoints and stopping stay here ----------
     @property
     def run_name(self) -> str:
@@ -292,6 +304,7 @@ class Trainer:
             if self.stopper.should_stop:
                 log.info("%s: early stop at epoch %d (best epoch %d)", self.run_name, self.epoch,
                          self.stopper.best_epoch)
+                self._warn_if_not_annealed(hist.shape[0])
                 break
             per_epoch = (time.monotonic() - t_run) / max(self.epoch, 1)
             log.info("%s: epoch %d/%d loss %.4f %.1fs | ETA %.1f min (max)", self.run_name, self.epoch,

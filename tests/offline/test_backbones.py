@@ -211,3 +211,21 @@ def test_item_loss_is_off_by_default_and_equals_the_full_item_softmax_when_on() 
     torch.testing.assert_close(loss1, loss0 + 0.5 * expected)
     loss1.backward()
     assert weighted.item_emb.weight.grad[tgt].abs().sum() > 0  # the tied item table learns from it
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_early_stop_before_the_cosine_anneals_is_warned(tmp_path, caplog, schedule: str) -> None:
+    """A near-zero learning rate never improves validation, so patience 1 stops at epoch 2 of 100: under a cosine
+    schedule sized to 100 epochs the rate is still near its peak then, which the log must say."""
+    ds = planted_dataset(60)
+    loo = LeaveOneOut(ds, max_len=8)
+    splits = Splits(ds, loo.train_examples(), loo.eval_examples("valid"), loo.eval_examples("test"))
+    codes = SemanticIds(codes=planted_codes(), codebook_sizes=SIZES)
+    cfg = TrainConfig(epochs=100, batch_size=64, beam=5, eval_users=20, patience=1, lr=1e-12, warmup_steps=0,
+                      schedule=schedule)
+    trainer = Trainer("hstu", splits, codes, tmp_path, cfg, HstuConfig.small().model_dump(), device="cpu")
+    with caplog.at_level("WARNING", logger="offline.backbones.train"):
+        trainer.fit()
+    assert trainer.epoch < 100
+    warned = [r for r in caplog.records if "never annealed" in r.getMessage()]
+    assert len(warned) == (1 if schedule == "cosine" else 0)
