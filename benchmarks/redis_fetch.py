@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import datetime as dt
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import uvloop
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.service_latency import latency_ms  # noqa: E402
 from scoter.io import write_json_atomic  # noqa: E402
 from scoter.provenance import git_commit  # noqa: E402
 from scoter.reasoning_store import encode, reasoning_key  # noqa: E402
@@ -35,9 +35,7 @@ VERSION = "bench-redis-fetch"
 
 
 def quantiles_ms(xs: list[float]) -> dict[str, float]:
-    q = np.percentile(np.asarray(xs) * 1e3, [50, 95, 99])
-    return {"p50_ms": round(float(q[0]), 3), "p95_ms": round(float(q[1]), 3), "p99_ms": round(float(q[2]), 3),
-            "mean_ms": round(statistics.fmean(xs) * 1e3, 3), "n": len(xs)}
+    return {**latency_ms(xs), "n": len(xs)}
 
 
 async def measure(url: str, users: int, calls: int, rates: list[float], k: int, d: int) -> dict:

@@ -146,12 +146,17 @@ def server_stats(url: str) -> dict:
             "errors": errors}
 
 
+def latency_ms(latencies_s, digits: int = 3) -> dict[str, float]:
+    """p50 / p95 / p99 / mean in milliseconds of latencies given in seconds."""
+    ms = np.asarray(latencies_s, dtype=float) * 1000
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return {"p50_ms": round(float(p50), digits), "p95_ms": round(float(p95), digits),
+            "p99_ms": round(float(p99), digits), "mean_ms": round(float(ms.mean()), digits)}
+
+
 def summarize(latencies: list[float], codes: dict[int, int], wall: float) -> dict:
-    ms = np.array(latencies) * 1000
     return {"requests": len(latencies), "status_codes": {str(k): v for k, v in sorted(codes.items())},
-            "wall_s": round(wall, 3), "requests_per_s": round(len(latencies) / wall, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 3), "p95_ms": round(float(np.percentile(ms, 95)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3), "mean_ms": round(float(ms.mean()), 3)}
+            "wall_s": round(wall, 3), "requests_per_s": round(len(latencies) / wall, 1), **latency_ms(latencies)}
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
@@ -368,13 +373,11 @@ async def open_loop(url: str, bodies: list[dict], offsets: np.ndarray, timeout_s
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - start
     ok = sum(v for k, v in codes.items() if k.startswith("2"))
-    ms = latencies * 1000
     return {
         "offered_rps": round(len(offsets) / float(offsets[-1]), 1) if len(offsets) > 1 else None,
         "requests": len(offsets), "achieved_rps": round(ok / wall, 1), "wall_s": round(wall, 2),
         "status_codes": dict(sorted(codes.items())), "error_rate": round(1 - ok / len(offsets), 4),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(np.max(ms)), 2),
+        **latency_ms(latencies, digits=2), "max_ms": round(float(np.max(latencies)) * 1000, 2),
         "client_send_lag_p99_ms": round(float(np.percentile(lags, 99) * 1000), 2),
     }
 

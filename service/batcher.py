@@ -64,7 +64,7 @@ class MicroBatcher(Generic[P, R]):
         self._arrived: asyncio.Event | None = None
         self._workers: list[asyncio.Task] = []
         self._running = False
-        self._in_hand: dict[int, list[_Job[P, R]]] = {}  # per worker: jobs taken off the queue, not answered
+        self._in_hand: list[list[_Job[P, R]]] = []  # per worker: jobs taken off the queue, not answered yet
 
     @property
     def running(self) -> bool:
@@ -78,14 +78,16 @@ class MicroBatcher(Generic[P, R]):
         self._queue = asyncio.Queue(maxsize=self.capacity)
         self._arrived = asyncio.Event()
         self._running = True
-        self._workers = [asyncio.create_task(self._work(i), name=f"{self.name}-{i}") for i in range(self.n_workers)]
+        self._in_hand = [[] for _ in range(self.n_workers)]
+        self._workers = [asyncio.create_task(self._work(held), name=f"{self.name}-{i}")
+                         for i, held in enumerate(self._in_hand)]
 
     async def stop(self, drain_timeout_s: float = 5.0) -> None:
         """Refuse new work, let queued and running jobs finish (up to the timeout), then stop the workers."""
         self._running = False
         if self._queue is not None:
             deadline = time.monotonic() + drain_timeout_s
-            while (not self._queue.empty() or any(self._in_hand.values())) and time.monotonic() < deadline:
+            while (not self._queue.empty() or any(self._in_hand)) and time.monotonic() < deadline:
                 await asyncio.sleep(0.005)
         for w in self._workers:
             w.cancel()
@@ -133,9 +135,9 @@ class MicroBatcher(Generic[P, R]):
             if not j.future.done():
                 j.future.set_exception(exc)
 
-    async def _work(self, slot: int) -> None:
+    async def _work(self, held: list[_Job[P, R]]) -> None:
+        """One worker loop; `held` is this worker's entry in `_in_hand`."""
         loop = asyncio.get_running_loop()
-        held = self._in_hand[slot] = []
         while True:
             try:
                 await self._collect(held)

@@ -12,8 +12,10 @@ import logging
 import secrets
 import signal
 import time
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -33,6 +35,7 @@ from service.reasoning_fetch import (
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RequestError(ValueError):
@@ -99,6 +102,14 @@ def _rank_batch(bundle: Bundle, rows: list[Row]) -> list[tuple[np.ndarray, np.nd
             reasoning[i], present[i] = r.reasoning, True
     ids, scores = bundle.run(hist, hist > 0, reasoning, present)
     return list(zip(ids, scores, strict=True))
+
+
+async def _await_all(aws: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """`asyncio.gather`, except that one awaitable (the common single request) is awaited directly: no task,
+    one event-loop iteration less per request (measured: overhead 27.6-29.6% -> 25.7-26.7% of model time)."""
+    if len(aws) == 1:
+        return [await aws[0]]
+    return list(await asyncio.gather(*aws))
 
 
 class Recommender:
@@ -272,10 +283,7 @@ class Recommender:
             self.metrics.redis_degraded.set(1 if self.breaker.state == "open" else 0)
             rows = [self._row(rt.bundle, reqs[i], f, [*loc_prefix, *([i] if len(reqs) > 1 else [])])
                     for i, f in zip(idx, fetched, strict=True)]
-            if len(rows) == 1:  # the common single request: no task per submit, one loop iteration less
-                outs = [await rt.batcher.submit(rows[0][0])]
-            else:
-                outs = await asyncio.gather(*(rt.batcher.submit(row) for row, _, _ in rows))
+            outs = await _await_all([rt.batcher.submit(row) for row, _, _ in rows])
             for i, f, (row, seen, source), out in zip(idx, fetched, rows, outs, strict=True):
                 self.metrics.reasoning.labels(f.status, variant).inc()
                 self.metrics.stage_seconds.labels("queue", variant).observe(out.queue_wait_s)
@@ -285,10 +293,7 @@ class Recommender:
                 results[i] = RecResult(reqs[i].user_id, items, assignments[i], rt.bundle.model_id,
                                        rt.bundle.model_version, f.status, source, int((row.history > 0).sum()))
 
-        if len(groups) == 1:
-            await serve_group(*next(iter(groups.items())))
-        else:
-            await asyncio.gather(*(serve_group(v, idx) for v, idx in groups.items()))
+        await _await_all([serve_group(v, idx) for v, idx in groups.items()])
         return results  # type: ignore[return-value]
 
     def _row(self, bundle: Bundle, req: RecRequest, fetched: UserFetch,

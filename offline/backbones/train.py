@@ -214,13 +214,15 @@ class Trainer:
             return (time.monotonic() - t_start) / self.cfg.time_budget_s
         return self.step / max(1, self.cfg.epochs * n_batches)
 
+    def _batches_per_epoch(self, n_examples: int) -> int:
+        return (n_examples + self.cfg.batch_size - 1) // self.cfg.batch_size
+
     def _warn_if_not_annealed(self, n_examples: int) -> None:
         """Early stopping under a cosine schedule sized to the budget can end the run at a high learning rate;
         measured on Beauty, the fully annealed 45-min HSTU beat the 95-min one stopped at 55% of it (BENCHMARKS.md)."""
         if self.cfg.schedule != "cosine":
             return
-        n_batches = (n_examples + self.cfg.batch_size - 1) // self.cfg.batch_size
-        factor = lr_factor(self.cfg, self.step, self._progress(self.t_start, n_batches))
+        factor = lr_factor(self.cfg, self.step, self._progress(self.t_start, self._batches_per_epoch(n_examples)))
         if factor > 0.5:
             log.warning("%s: stopped with the learning rate still at %.0f%% of its peak: the cosine schedule never "
                         "annealed; a shorter --time-budget (or fewer --epochs) or a larger --patience lets it",
@@ -248,7 +250,7 @@ class Trainer:
         """One pass over the shuffled training examples; returns (mean loss, budget ran out)."""
         self.model.train()
         n, bs = hist.shape[0], self.cfg.batch_size
-        n_batches = (n + bs - 1) // bs
+        n_batches = self._batches_per_epoch(n)
         perm = torch.randperm(n).to(self.device)
         sums: dict[str, float] = {"ce": 0.0}  # every loss part the model reports, shown on the progress bar
         batches, out_of_time = 0, False

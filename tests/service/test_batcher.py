@@ -172,5 +172,5 @@ async def test_stop_past_the_drain_timeout_fails_the_held_job_instead_of_hanging
     job = asyncio.create_task(b.submit(1))
     await _until_taken(b)
     await b.stop(drain_timeout_s=0)
-    with pytest.raises(NotRunningError):
+    with pytest.raises(NotRunningError, match="stopped"):  # failed while held, not refused at submit
         await asyncio.wait_for(job, 1)
