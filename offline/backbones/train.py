@@ -160,6 +160,8 @@ class Trainer:
         self.trie = TrieTensors.for_model(self.model).to(self.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         self.epoch, self.step = 0, 0
+        self.elapsed_before_s = 0.0  # wall time earlier fit() calls of this run used (kept in last.pt)
+        self.t_start: float | None = None
         self.stopper = EarlyStopping(train_cfg.patience)
         self.finished = False
         rng = np.random.default_rng(train_cfg.seed)
@@ -179,6 +181,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
+            "elapsed_s": self.elapsed_s(),
             "stopper": self.stopper.state_dict(),
             "finished": self.finished,
             "rng": rng_state(),
@@ -192,6 +195,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.epoch, self.step = state["epoch"], state["step"]
+        self.elapsed_before_s = float(state.get("elapsed_s", 0.0))
         self.stopper.load_state_dict(state["stopper"])
         # more epochs asked for than the run had, and patience not exhausted: the run goes on
         self.finished = state["finished"] and (self.epoch >= self.cfg.epochs or self.stopper.should_stop)
@@ -208,10 +212,16 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     # -- training -------------------------------------------------------------------------------------------
-    def _progress(self, t_start: float, n_batches: int) -> float:
+    def elapsed_s(self) -> float:
+        """Wall time this run has trained for, over every fit() call: a resumed run continues its schedule
+        and its budget where the killed one left them instead of starting both again."""
+        now = 0.0 if self.t_start is None else time.monotonic() - self.t_start
+        return self.elapsed_before_s + now
+
+    def _progress(self, n_batches: int) -> float:
         """Share of the run done: of the time budget if there is one, else of all epochs' steps."""
         if self.cfg.time_budget_s is not None:
-            return (time.monotonic() - t_start) / self.cfg.time_budget_s
+            return self.elapsed_s() / self.cfg.time_budget_s
         return self.step / max(1, self.cfg.epochs * n_batches)
 
     def _batches_per_epoch(self, n_examples: int) -> int:
@@ -222,7 +232,7 @@ class Trainer:
         measured on Beauty, the fully annealed 45-min HSTU beat the 95-min one stopped at 55% of it (BENCHMARKS.md)."""
         if self.cfg.schedule != "cosine":
             return
-        factor = lr_factor(self.cfg, self.step, self._progress(self.t_start, self._batches_per_epoch(n_examples)))
+        factor = lr_factor(self.cfg, self.step, self._progress(self._batches_per_epoch(n_examples)))
         if factor > 0.5:
             log.warning("%s: stopped with the learning rate still at %.0f%% of its peak: the cosine schedule never "
                         "annealed; a shorter --time-budget (or fewer --epochs) or a larger --patience lets it",
@@ -257,7 +267,7 @@ class Trainer:
         bar = tqdm(range(0, n, bs), desc=f"{self.run_name} epoch {self.epoch + 1}", unit="batch", mininterval=5)
         for start in bar:
             idx = perm[start : start + bs]
-            lr = self.cfg.lr * lr_factor(self.cfg, self.step, self._progress(self.t_start, n_batches))
+            lr = self.cfg.lr * lr_factor(self.cfg, self.step, self._progress(n_batches))
             for group in self.opt.param_groups:
                 group["lr"] = lr
             loss, parts = self.batch_loss(idx, hist, tgt)
@@ -282,8 +292,13 @@ class Trainer:
         if self.finished:
             log.info("%s: training already finished in %s", self.run_name, self.out)
             return
+        budget = self.cfg.time_budget_s
+        if budget is not None and self.elapsed_before_s >= budget:
+            log.warning("%s: the time budget of %.0f s is used up (%.0f s trained in %s); pass a larger "
+                        "--time-budget to continue this run", self.run_name, budget, self.elapsed_before_s, self.out)
+            return
         self.t_start = time.monotonic()
-        deadline = None if self.cfg.time_budget_s is None else self.t_start + self.cfg.time_budget_s
+        deadline = None if budget is None else self.t_start + budget - self.elapsed_before_s
         hist = torch.as_tensor(self.splits.train[0]).to(self.device)
         tgt = torch.as_tensor(self.splits.train[1]).to(self.device)
         v_hist, v_tgt = self.splits.valid
@@ -311,8 +326,9 @@ class Trainer:
             per_epoch = (time.monotonic() - t_run) / max(self.epoch, 1)
             log.info("%s: epoch %d/%d loss %.4f %.1fs | ETA %.1f min (max)", self.run_name, self.epoch,
                      self.cfg.epochs, loss, train_s, per_epoch * (self.cfg.epochs - self.epoch) / 60)
-        self.finished = not out_of_time  # a budget stop can be continued later (e.g. on a GPU)
+        self.finished = not out_of_time  # a budget stop can be continued later with a larger budget (e.g. on a GPU)
         self._save()
+        self.elapsed_before_s, self.t_start = self.elapsed_s(), None
 
     def _evaluate_and_track(
         self, v_hist: np.ndarray, v_tgt: np.ndarray, loss: float, train_s: float, partial: bool = False

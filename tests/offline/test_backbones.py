@@ -22,6 +22,7 @@ from offline.data import Dataset, Item, LeaveOneOut
 from offline.evaluation import rank_metrics
 from offline.fusion import FusionConfig, ReasoningFusion
 from offline.semantic_ids import SemanticIds
+from offline.training_utils import load_checkpoint
 
 torch.set_num_threads(1)
 N_ITEMS, SIZES = 30, [4, 4, 2]
@@ -156,6 +157,74 @@ def test_time_budget_stops_early_without_finishing(tmp_path) -> None:
     trainer = Trainer("tiger", splits, codes, tmp_path, cfg, TigerConfig.small().model_dump(), device="cpu")
     trainer.fit()
     assert trainer.epoch < 50 and not trainer.finished  # can be continued elsewhere
+
+
+class _ClockedTrainer(Trainer):
+    """Each training step advances a fake clock by one second and records the learning rate it used: the
+    budget and the cosine schedule then depend on steps, not on this machine's speed."""
+
+    clock = [0.0]
+    lrs: list[float] = []
+
+    def batch_loss(self, idx, hist, tgt):
+        type(self).lrs.append(self.opt.param_groups[0]["lr"])
+        type(self).clock[0] += 1.0
+        return super().batch_loss(idx, hist, tgt)
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    import types
+
+    import offline.backbones.train as train_mod
+
+    _ClockedTrainer.clock, _ClockedTrainer.lrs = [0.0], []
+    monkeypatch.setattr(train_mod, "time", types.SimpleNamespace(monotonic=lambda: _ClockedTrainer.clock[0]))
+    return _ClockedTrainer
+
+
+def _budget_run(tmp_path, trainer_cls, epochs: int, budget: float):
+    ds = planted_dataset(40)
+    loo = LeaveOneOut(ds, max_len=8)
+    splits = Splits(ds, loo.train_examples(), loo.eval_examples("valid"), loo.eval_examples("test"))
+    codes = SemanticIds(codes=planted_codes(), codebook_sizes=SIZES)
+    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=1e-3, warmup_steps=0, schedule="cosine", beam=5,
+                      eval_users=10, patience=100, time_budget_s=budget)
+    return trainer_cls("hstu", splits, codes, tmp_path, cfg, HstuConfig.small().model_dump(), device="cpu")
+
+
+def test_a_resumed_budget_run_continues_its_schedule_and_budget(tmp_path, fake_clock) -> None:
+    """Killed after epoch 1 and resumed, a time-budgeted run takes the same learning rates and stops after the
+    same number of steps as one never interrupted (it used to restart the cosine and grant a fresh budget)."""
+    whole = _budget_run(tmp_path / "whole", fake_clock, epochs=100, budget=30.0)
+    whole.fit()
+    lrs_whole, steps_whole = list(fake_clock.lrs), whole.step
+    assert not whole.finished and steps_whole < 40  # the budget, not the epochs, ended it
+
+    fake_clock.clock[0], fake_clock.lrs[:] = 0.0, []
+    first = _budget_run(tmp_path / "split", fake_clock, epochs=1, budget=30.0)
+    first.fit()  # "killed" after one epoch: last.pt holds the time used so far
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["elapsed_s"] == first.step
+    fake_clock.clock[0] = 1000.0  # the machine's clock moved on while the run was down
+    resumed = _budget_run(tmp_path / "split", fake_clock, epochs=100, budget=30.0)
+    assert resumed.step == first.step and resumed.elapsed_s() == first.step
+    resumed.fit()
+    assert resumed.step == steps_whole
+    np.testing.assert_allclose(fake_clock.lrs, lrs_whole)
+    assert lrs_whole[-1] < 0.2 * lrs_whole[0]  # and it annealed
+
+
+def test_a_used_up_budget_trains_no_more_until_it_is_raised(tmp_path, fake_clock, caplog) -> None:
+    done = _budget_run(tmp_path, fake_clock, epochs=100, budget=6.0)
+    done.fit()
+    steps = done.step
+    again = _budget_run(tmp_path, fake_clock, epochs=100, budget=6.0)
+    with caplog.at_level("WARNING"):
+        again.fit()
+    assert again.step == steps and "larger --time-budget" in caplog.text
+    more = _budget_run(tmp_path, fake_clock, epochs=100, budget=12.0)
+    more.fit()
+    assert more.step > steps and load_checkpoint(tmp_path / "last.pt")["elapsed_s"] >= 12.0
 
 
 def test_float16_weights_warm_start_a_new_run(tmp_path) -> None:
