@@ -246,7 +246,10 @@ def closed_main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------------------------- open loop
 
-STAGES = ("queue", "redis", "inference", "total")
+STAGES = ("queue", "redis", "inference", "total", "http")
+# "http": the instrumentator's whole-request time for the recommendation route inside the server (body read, JSON
+# parsing, validation, the handler = "total", response serialisation); only the HTTP parser and TCP sit outside it.
+HTTP_HANDLER = "/v1/recommendations"
 
 
 def scrape(url: str) -> dict:
@@ -258,8 +261,13 @@ def scrape(url: str) -> dict:
              "scoter_errors_total": ("errors", "kind")}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
+            stage = None
             if s.name.startswith("scoter_stage_seconds"):
-                h = hist.setdefault(s.labels["stage"], {"buckets": {}, "sum": 0.0, "count": 0.0})
+                stage = s.labels["stage"]
+            elif s.name.startswith("http_request_duration_seconds") and s.labels.get("handler") == HTTP_HANDLER:
+                stage = "http"
+            if stage is not None:
+                h = hist.setdefault(stage, {"buckets": {}, "sum": 0.0, "count": 0.0})
                 if s.name.endswith("_bucket"):
                     le = float(s.labels["le"])
                     h["buckets"][le] = h["buckets"].get(le, 0.0) + s.value
@@ -469,6 +477,9 @@ def open_main(argv: list[str] | None = None) -> int:
                 "overhead_share_of_inference": round(
                     (st["total"]["mean_ms"] - st["inference"]["mean_ms"]) / st["inference"]["mean_ms"], 3),
                 "p50_total_ms": st["total"]["p50_ms"], "p50_inference_ms": st["inference"]["p50_ms"],
+                "mean_http_ms": st["http"]["mean_ms"],
+                "http_overhead_share_of_inference": round(
+                    (st["http"]["mean_ms"] - st["inference"]["mean_ms"]) / st["inference"]["mean_ms"], 3),
                 "redis_fetch_p50_ms": st["redis"]["p50_ms"], "redis_fetch_p99_ms": st["redis"]["p99_ms"],
                 "client": {k: low[k] for k in ("p50_ms", "p95_ms", "p99_ms", "error_rate", "status_codes")},
                 "reasoning": low["server"]["reasoning"]}

@@ -109,3 +109,24 @@ async def test_slow_redis_is_cut_by_the_deadline(reasoning_version):
     finally:
         await f.close()
         server.close()
+
+
+async def test_a_connection_the_server_closed_is_replaced_within_the_same_fetch(store, uid, reasoning_version):
+    """The fetch holds its connections between calls; Redis may close one meanwhile (restart, `timeout` setting,
+    CLIENT KILL). The next fetch must still hit, on a fresh connection, without counting a failure."""
+    spec = ReasoningSpec(reasoning_version, SPEC_K, SPEC_D)
+    user = uid()
+    store.set(reasoning_key(reasoning_version, user), encode(np.ones((SPEC_K, SPEC_D), np.float32)))
+    failures: list[str] = []
+    f = _fetcher(failures=failures)
+    try:
+        assert [o.status for o in await f.fetch([user], [False], spec)] == ["hit"]
+        assert len(f._held._idle) == 1
+        killed = f._held._idle[0]
+        host, port = killed._writer.get_extra_info("sockname")[:2]
+        assert store.client_kill(f"{host}:{port}")
+        out = await f.fetch([user], [False], spec)
+        assert [o.status for o in out] == ["hit"] and failures == []
+        assert len(f._held._idle) == 1 and f._held._idle[0] is not killed  # the killed one was dropped
+    finally:
+        await f.close()
