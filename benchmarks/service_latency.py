@@ -415,7 +415,7 @@ def open_main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=12.0, help="seconds per step")
     p.add_argument("--arrivals", choices=("poisson", "constant"), default="poisson")
     p.add_argument("--low-rate", type=float, default=10.0, help="rate for the overhead and Redis-down runs")
-    p.add_argument("--low-duration", type=float, default=10.0)
+    p.add_argument("--low-duration", type=float, default=30.0, help="seconds at --low-rate (300 requests: a stabler p99)")
     p.add_argument("--users", default=None, help="user ids already holding H in Redis, e.g. 1-2000 "
                    "(default: seed random H for fresh users under a fresh reasoning version)")
     p.add_argument("--n-users", type=int, default=1000, help="users to seed when --users is not given")

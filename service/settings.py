@@ -38,7 +38,8 @@ class ServiceSettings(BaseSettings):
     providers: list[str] | None = Field(None, description="ONNX Runtime providers; default: CUDA if available")
     ort_intra_op_threads: int = Field(1, ge=0)
     ort_inter_op_threads: int = Field(1, ge=0)
-    inference_workers: int = Field(1, ge=1, description="threads running ONNX sessions off the event loop")
+    inference_workers: int = Field(2, ge=1, description="threads running ONNX sessions off the event loop, each "
+                                   "with its own batch: about one per CPU given to the service (measured, BENCHMARKS.md)")
     warmup_runs: int = Field(2, ge=1)
     max_batch: int = Field(32, ge=1)
     max_wait_ms: float = Field(

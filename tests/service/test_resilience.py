@@ -139,7 +139,10 @@ def test_sigterm_lets_in_flight_requests_finish(bundle_dir, tmp_path):
             proc.wait(5)
 
 
-def test_scoter_serve_entry_point_rejects_bad_input(tmp_path, capsys):
+def test_scoter_serve_entry_point_rejects_bad_input(tmp_path, capsys, monkeypatch):
+    for key in ("SCOTER_BUNDLE", "SCOTER_HOST", "SCOTER_PORT", "SCOTER_REDIS_URL"):  # main_serve exports its options
+        monkeypatch.setenv(key, "")  # as SCOTER_* for uvicorn's workers; restored (unset) after this test
+        monkeypatch.delenv(key)
     assert main_serve(["--bundle", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
