@@ -84,7 +84,14 @@ def compare_rankings(ref_ids: np.ndarray, ref_scores: np.ndarray, ids: np.ndarra
     tie_only = ~equal & ~(differs & ~tied).any(axis=1)
     finite = np.isfinite(ref_scores) & np.isfinite(scores)
     same_inf = (np.isfinite(ref_scores) == np.isfinite(scores)).all()
-    diff = np.abs(np.where(finite, ref_scores - scores, 0.0))
+    # Scores are compared item by item (the same user and item in both lists), not position by position: where the
+    # lists differ (tie order, or a user inside the list-agreement allowance), position k holds two different items
+    # and their score gap says nothing about numerical agreement.
+    same_item = (ids[:, :, None] == ref_ids[:, None, :]) & np.isfinite(scores)[:, :, None] \
+        & np.isfinite(ref_scores)[:, None, :]
+    pair_gap = np.abs(scores[:, :, None].astype(np.float64) - ref_scores[:, None, :])
+    diff = np.where(same_item, pair_gap, 0.0).max(axis=2)
+    finite = same_item.any(axis=2)
     return {
         "users": int(ref_ids.shape[0]),
         "topn": topn,

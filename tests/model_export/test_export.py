@@ -69,6 +69,23 @@ def test_dynamic_batch_and_history_length(bundle, trained, batch, length):
     assert result["list_agreement"] == 1.0 and result["max_abs_score_diff"] <= 1e-4
 
 
+def test_scores_are_compared_item_by_item_not_position_by_position():
+    """A user whose lists differ (inside the list-agreement allowance) must not turn a 1e-6 numerical agreement into
+    a 0.5 'score difference' by comparing two different items at the same position."""
+    ref_ids = np.array([[5, 4, 3, 2], [5, 4, 3, 2], [5, 4, 3, 2]])
+    ref_scores = np.array([[-1.0, -2.0, -3.0, -3.0], [-1.0, -2.0, -3.0, -3.0], [-1.0, -2.0, -3.0, -3.5]])
+    ids = np.array([[5, 4, 3, 2], [5, 4, 2, 3], [5, 4, 3, 9]])  # same / tie swapped / last item replaced
+    scores = ref_scores + 1e-6
+    scores[2, 3] = -4.0
+    out = compare_rankings(ref_ids, ref_scores, ids, scores, topn=4, tie_tolerance=1e-6)
+    assert out["list_agreement"] == pytest.approx(1 / 3) and out["tie_order_differences"] == 1
+    assert out["list_agreement_up_to_ties"] == pytest.approx(2 / 3)
+    assert out["max_abs_score_diff"] == pytest.approx(1e-6, abs=1e-9)  # item 3 of user 2 and 2 of user 1 matched
+    assert out["overlap_at_n"] == pytest.approx((1 + 1 + 0.75) / 3)
+    scores[0, 1] += 0.01  # a real disagreement on a shared item still shows
+    assert compare_rankings(ref_ids, ref_scores, ids, scores, 4, 1e-6)["max_abs_score_diff"] == pytest.approx(0.01 + 1e-6)
+
+
 def test_reasoning_changes_the_ranking_in_the_graph(bundle, trained):
     """The fusion path is inside the graph: present reasoning moves scores, absent reasoning is ignored."""
     src, data = trained
