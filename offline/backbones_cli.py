@@ -16,8 +16,6 @@ def _train(args: argparse.Namespace) -> int:
     from offline.semantic_ids import SemanticIds
 
     overrides = train_overrides(args)
-    if args.schedule is not None:
-        overrides["schedule"] = args.schedule
     cfg = TrainConfig.for_backbone(args.backbone, **overrides)
     model_cfg = json.loads(args.model_config) if args.model_config else None
     codes = SemanticIds.load(args.codes or default_codes_path(args.dataset))
@@ -64,7 +62,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--no-final-eval", action="store_true", help="skip the full valid/test evaluation")
         p.add_argument("--init-from", type=Path, default=None,
                        help="weights-only checkpoint to start from when --out has no last.pt")
-        p.add_argument("--schedule", choices=["constant", "cosine"], default=None)
         add_train_flags(p)
         p.set_defaults(func=_train, backbone=backbone)
 

@@ -33,6 +33,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     """`--epochs`, `--batch-size`, ... `--time-budget`: the TrainConfig overrides of TRAIN_FLAGS."""
     for flag, typ in TRAIN_FLAGS:
         p.add_argument(f"--{flag}", type=typ, default=None)
+    p.add_argument("--schedule", choices=["constant", "cosine"], default=None,
+                   help="learning rate after warmup: constant, or cosine over the epochs or the --time-budget")
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -42,6 +44,8 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, flag.replace("-", "_"))
         if value is not None:
             overrides[_TRAIN_FIELD.get(flag, flag.replace("-", "_"))] = value
+    if args.schedule is not None:
+        overrides["schedule"] = args.schedule
     if args.max_users is not None:
         overrides["max_users"] = args.max_users
     return overrides
