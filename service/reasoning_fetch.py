@@ -111,6 +111,7 @@ class HeldConnections:
         self._pool = client.connection_pool
         self._idle: list = []
         self._slots = asyncio.Semaphore(max_connections)
+        self._closed = False
 
     def _new_connection(self):
         conn = self._pool.make_connection()
@@ -133,10 +134,14 @@ class HeldConnections:
         except BaseException:  # failed or cancelled by the deadline: never reuse a half-read connection
             await conn.disconnect(nowait=True)
             raise
-        self._idle.append(conn)
+        if self._closed:  # a fetch that finished after close(): do not keep its connection
+            await conn.disconnect(nowait=True)
+        else:
+            self._idle.append(conn)
         return values
 
     async def close(self) -> None:
+        self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.disconnect(nowait=True)

@@ -130,3 +130,22 @@ async def test_a_connection_the_server_closed_is_replaced_within_the_same_fetch(
         assert len(f._held._idle) == 1 and f._held._idle[0] is not killed  # the killed one was dropped
     finally:
         await f.close()
+
+
+async def test_a_fetch_that_ends_after_close_keeps_no_connection(store, uid, reasoning_version):
+    """Shutdown closes the held connections; a fetch still waiting on Redis (held back here by CLIENT PAUSE on the
+    real server) must drop its connection when it returns instead of handing it back to a closed fetcher."""
+    import asyncio
+
+    spec = ReasoningSpec(reasoning_version, SPEC_K, SPEC_D)
+    user = uid()
+    store.set(reasoning_key(reasoning_version, user), encode(np.ones((SPEC_K, SPEC_D), np.float32)))
+    f = _fetcher(deadline_ms=3000)
+    assert [o.status for o in await f.fetch([user], [False], spec)] == ["hit"]  # connection open before the pause
+    store.execute_command("CLIENT", "PAUSE", 300, "ALL")
+    in_flight = asyncio.create_task(f.fetch([user], [False], spec))
+    await asyncio.sleep(0.1)
+    assert not in_flight.done()
+    await f.close()
+    assert [o.status for o in await in_flight] == ["hit"]
+    assert f._held._idle == []
