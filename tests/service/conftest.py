@@ -76,10 +76,15 @@ def uid(run_id: str) -> Callable[[], str]:
     return lambda: f"u-{run_id}-{tag}-{next(n)}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(max_port: int = 65535) -> int:
+    """A port free right now (the OS's pick), at most `max_port`."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port <= max_port:
+            return port
+    raise RuntimeError(f"no free port <= {max_port}")
 
 
 def dead_redis_url() -> str:

@@ -20,7 +20,7 @@ def cluster_port(tmp_path):
     server = shutil.which("redis-server")
     if server is None:
         pytest.skip("redis-server binary not available")
-    port = free_port()
+    port = free_port(max_port=55535)  # a cluster node also binds port + 10000 and refuses ports above 55535
     proc = subprocess.Popen([server, "--port", str(port), "--cluster-enabled", "yes", "--cluster-config-file",
                              str(tmp_path / "nodes.conf"), "--dir", str(tmp_path), "--save", "", "--appendonly",
                              "no", "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -31,6 +31,8 @@ def cluster_port(tmp_path):
                 client.ping()
                 break
             except redis.exceptions.ConnectionError:
+                if proc.poll() is not None:  # it will never answer: say so now, not after every retry
+                    raise RuntimeError(f"cluster redis-server on port {port} exited with {proc.returncode}") from None
                 time.sleep(0.05)
         client.execute_command("CLUSTER", "ADDSLOTS", *range(16384))
         for _ in range(400):

