@@ -86,6 +86,18 @@ def _json(content: dict) -> Response:
     return Response(content=to_json(content), media_type="application/json")
 
 
+# The two A/B headers of the recommendation routes, documented in OpenAPI but read from `request.headers`: as
+# FastAPI `Header()` parameters they cost ~45 us per request in-process (245 -> 200 us for the framework
+# around an instant handler), a fifth of the framework's whole time.
+VARIANT_HEADER, TOKEN_HEADER = "x-scoter-variant", "x-scoter-admin-token"
+AB_HEADERS_OPENAPI = {"parameters": [
+    {"name": "X-Scoter-Variant", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "QA override: serve this variant (needs X-Scoter-Admin-Token)"},
+    {"name": "X-Scoter-Admin-Token", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "admin token for the variant override"},
+]}
+
+
 def build_router() -> APIRouter:
     router = APIRouter()
 
@@ -139,23 +151,23 @@ def build_router() -> APIRouter:
 
     @router.post("/v1/recommendations", response_model=RecommendationResponse, tags=["recommendations"],
                  responses={422: {"description": "invalid input (the field is named)"},
-                            429: {"description": "overloaded"}, 503: {"description": "not ready"}})
-    async def recommend(request: Request, body: RecommendationRequest,
-                        x_scoter_variant: Annotated[str | None, Header()] = None,
-                        x_scoter_admin_token: Annotated[str | None, Header()] = None):
-        out = await serve(request, [body], ["body"], x_scoter_variant, x_scoter_admin_token)
+                            429: {"description": "overloaded"}, 503: {"description": "not ready"}},
+                 openapi_extra=AB_HEADERS_OPENAPI)
+    async def recommend(request: Request, body: RecommendationRequest):
+        h = request.headers
+        out = await serve(request, [body], ["body"], h.get(VARIANT_HEADER), h.get(TOKEN_HEADER))
         return out if isinstance(out, Response) else _json(out[0])
 
     @router.post("/v1/recommendations:batch", response_model=BatchResponse, tags=["recommendations"],
                  responses={422: {"description": "invalid input (the field is named)"},
-                            429: {"description": "overloaded"}, 503: {"description": "not ready"}})
-    async def recommend_batch(request: Request, body: BatchRequest,
-                              x_scoter_variant: Annotated[str | None, Header()] = None,
-                              x_scoter_admin_token: Annotated[str | None, Header()] = None):
+                            429: {"description": "overloaded"}, 503: {"description": "not ready"}},
+                 openapi_extra=AB_HEADERS_OPENAPI)
+    async def recommend_batch(request: Request, body: BatchRequest):
         limit = rec(request).settings.max_batch_request
         if len(body.requests) > limit:
             return _unprocessable(["body", "requests"], f"{len(body.requests)} requests, at most {limit}")
-        out = await serve(request, body.requests, ["body", "requests"], x_scoter_variant, x_scoter_admin_token)
+        h = request.headers
+        out = await serve(request, body.requests, ["body", "requests"], h.get(VARIANT_HEADER), h.get(TOKEN_HEADER))
         return out if isinstance(out, Response) else _json({"results": out})
 
     @router.get("/v1/models", tags=["models"])

