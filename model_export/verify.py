@@ -82,7 +82,6 @@ def compare_rankings(ref_ids: np.ndarray, ref_scores: np.ndarray, ids: np.ndarra
     tied[:, :-1] |= gap
     differs = ref_ids != ids
     tie_only = ~equal & ~(differs & ~tied).any(axis=1)
-    finite = np.isfinite(ref_scores) & np.isfinite(scores)
     same_inf = (np.isfinite(ref_scores) == np.isfinite(scores)).all()
     # Scores are compared item by item (the same user and item in both lists), not position by position: where the
     # lists differ (tie order, or a user inside the list-agreement allowance), position k holds two different items
@@ -91,7 +90,7 @@ def compare_rankings(ref_ids: np.ndarray, ref_scores: np.ndarray, ids: np.ndarra
         & np.isfinite(ref_scores)[:, None, :]
     pair_gap = np.abs(scores[:, :, None].astype(np.float64) - ref_scores[:, None, :])
     diff = np.where(same_item, pair_gap, 0.0).max(axis=2)
-    finite = same_item.any(axis=2)
+    finite = same_item.any(axis=2)  # positions whose item the reference list also holds
     return {
         "users": int(ref_ids.shape[0]),
         "topn": topn,

@@ -104,8 +104,8 @@ def build_router() -> APIRouter:
     def rec(request: Request) -> Recommender:
         return request.app.state.recommender
 
-    async def serve(request: Request, reqs: list[RecommendationRequest], loc_prefix: list,
-                    variant_header: str | None, token: str | None) -> list[dict] | Response:
+    async def serve(request: Request, reqs: list[RecommendationRequest], loc_prefix: list) -> list[dict] | Response:
+        variant_header, token = request.headers.get(VARIANT_HEADER), request.headers.get(TOKEN_HEADER)
         r = rec(request)
         m = r.metrics
         t0 = time.perf_counter()
@@ -154,8 +154,7 @@ def build_router() -> APIRouter:
                             429: {"description": "overloaded"}, 503: {"description": "not ready"}},
                  openapi_extra=AB_HEADERS_OPENAPI)
     async def recommend(request: Request, body: RecommendationRequest):
-        h = request.headers
-        out = await serve(request, [body], ["body"], h.get(VARIANT_HEADER), h.get(TOKEN_HEADER))
+        out = await serve(request, [body], ["body"])
         return out if isinstance(out, Response) else _json(out[0])
 
     @router.post("/v1/recommendations:batch", response_model=BatchResponse, tags=["recommendations"],
@@ -166,8 +165,7 @@ def build_router() -> APIRouter:
         limit = rec(request).settings.max_batch_request
         if len(body.requests) > limit:
             return _unprocessable(["body", "requests"], f"{len(body.requests)} requests, at most {limit}")
-        h = request.headers
-        out = await serve(request, body.requests, ["body", "requests"], h.get(VARIANT_HEADER), h.get(TOKEN_HEADER))
+        out = await serve(request, body.requests, ["body", "requests"])
         return out if isinstance(out, Response) else _json({"results": out})
 
     @router.get("/v1/models", tags=["models"])

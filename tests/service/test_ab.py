@@ -77,12 +77,22 @@ async def test_qa_override_needs_the_admin_token(tmp_path, bundle_dir, second_bu
             "X-Scoter-Variant": "scoter", "X-Scoter-Admin-Token": "guess"})
         unknown = await client.post("/v1/recommendations", json=body, headers={
             "X-Scoter-Variant": "nope", "X-Scoter-Admin-Token": "s3cret"})
+        batch = await client.post("/v1/recommendations:batch", json={"requests": [body, {**body, "user_id": "b2"}]},
+                                  headers={"X-Scoter-Variant": "scoter", "X-Scoter-Admin-Token": "s3cret"})
+        batch_no_token = await client.post("/v1/recommendations:batch", json={"requests": [body]},
+                                           headers={"X-Scoter-Variant": "scoter"})
+        docs = (await client.get("/openapi.json")).json()
         text = (await client.get("/metrics")).text
     assert normal.json()["variant"] == "control"
     assert forced.status_code == 200 and forced.json()["variant"] == "scoter" and forced.json()["forced"]
     assert forced.json()["model_version"] == "2"
     assert no_token.status_code == 403 and bad_token.status_code == 403
     assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["header", "X-Scoter-Variant"]
+    assert [r["variant"] for r in batch.json()["results"]] == ["scoter", "scoter"]
+    assert all(r["forced"] for r in batch.json()["results"]) and batch_no_token.status_code == 403
+    for route in ("/v1/recommendations", "/v1/recommendations:batch"):  # read from request.headers, still documented
+        params = {(p["name"], p["in"]) for p in docs["paths"][route]["post"]["parameters"]}
+        assert params == {("X-Scoter-Variant", "header"), ("X-Scoter-Admin-Token", "header")}
     assert _exposures(text) == {"control": 1.0}  # forced requests are not exposures
 
 
