@@ -98,8 +98,9 @@ AB_HEADERS_OPENAPI = {"parameters": [
 ]}
 
 
-def build_router() -> APIRouter:
-    router = APIRouter()
+def add_routes(router: APIRouter) -> None:
+    """Register the routes on `router`: the app's own router, so a request is matched once, not through an
+    included router's second dispatch layer."""
 
     def rec(request: Request) -> Recommender:
         return request.app.state.recommender
@@ -220,5 +221,3 @@ def build_router() -> APIRouter:
             log.warning("reload refused, keeping config %s: %s", r.state.loaded.version if r.state else None, exc)
             return JSONResponse(status_code=400, content={"detail": f"reload refused: {exc}"})
         return {"config_version": state.loaded.version, "variants": list(state.variants)}
-
-    return router

@@ -51,6 +51,10 @@ class ServiceSettings(BaseSettings):
     max_history: int = Field(1000, ge=1, description="longer request histories are rejected (422)")
     max_batch_request: int = Field(64, ge=1, description="most users in one batch request")
 
+    # observability: Prometheus always; FastAPI's own OpenTelemetry (traces, metrics, logs to the global
+    # providers) only when asked, since even unconfigured it checks the providers on every request
+    otel_telemetry: bool = Field(False, description="enable FastAPI's native OpenTelemetry instrumentation")
+
     # experiments / admin
     admin_token: SecretStr | None = None
     reload_on_sighup: bool = True

@@ -107,6 +107,11 @@ async def test_slow_redis_is_cut_by_the_deadline(reasoning_version):
         took = time.perf_counter() - t0
         assert out[0].status == "error"
         assert took < 0.25  # the 30 ms deadline, not the 5 s socket timeout
+        # the connection cut mid-reply is not kept for the next fetch (its stream is out of step) and the pool
+        # has it back, disconnected: nothing leaks toward max_connections
+        pool = client.connection_pool
+        assert f._held._idle == [] and len(pool._in_use_connections) == 0
+        assert all(not c.is_connected for c in pool._available_connections)
     finally:
         await f.close()
         server.close()
@@ -134,3 +139,27 @@ async def test_fetch_over_the_embedded_redis_unix_socket(tmp_path, reasoning_ver
         # (seen: a cluster node killed while starting, a private Redis killed under a running service).
         server._cleanup()
         assert not server.pid
+
+
+async def test_a_connection_the_server_closed_is_replaced_within_the_same_fetch(store, uid, reasoning_version):
+    """The fetch keeps its connections between calls; Redis may close one meanwhile (restart, its `timeout`
+    setting, CLIENT KILL). The next fetch must still hit, on a fresh connection, without counting a failure."""
+    spec = ReasoningSpec(reasoning_version, SPEC_K, SPEC_D)
+    user = uid()
+    store.set(reasoning_key(reasoning_version, user), encode(np.ones((SPEC_K, SPEC_D), np.float32)))
+    failures: list[str] = []
+    f = _fetcher(failures=failures)
+    try:
+        assert [o.status for o in await f.fetch([user], [False], spec)] == ["hit"]
+        assert len(f._held._idle) == 1
+        host, port = f._held._idle[0]._writer.get_extra_info("sockname")[:2]
+        assert store.client_kill(f"{host}:{port}")
+        out = await f.fetch([user], [False], spec)
+        assert [o.status for o in out] == ["hit"] and failures == []
+        # the killed socket was dropped; the pool reconnected (it may hand back the same Connection object)
+        assert len(f._held._idle) == 1
+        assert f._held._idle[0]._writer.get_extra_info("sockname")[1] != port
+        assert len(f.client.connection_pool._in_use_connections) == 1  # nothing leaked toward max_connections
+    finally:
+        await f.close()
+    assert len(f.client.connection_pool._in_use_connections) == 0  # close hands every held connection back
