@@ -15,8 +15,11 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic_core import to_json
+from starlette.datastructures import Headers
+from starlette.types import Scope
 
 from service.batcher import NotRunningError, QueueFullError
+from service.fast_path import Handler, parse_body
 from service.serving import NotReadyError, Recommender, RecRequest, RecResult, RequestError
 
 log = logging.getLogger(__name__)
@@ -98,6 +101,76 @@ AB_HEADERS_OPENAPI = {"parameters": [
 ]}
 
 
+async def serve(r: Recommender, headers, reqs: list[RecommendationRequest], loc_prefix: list) -> list[dict] | Response:
+    """The recommendation path shared by the FastAPI routes and the fast path (`service.fast_path`)."""
+    variant_header, token = headers.get(VARIANT_HEADER), headers.get(TOKEN_HEADER)
+    m = r.metrics
+    t0 = time.perf_counter()
+    settings = r.settings
+    for i, q in enumerate(reqs):
+        if q.history is not None and len(q.history) > settings.max_history:
+            loc = [*loc_prefix, *([i] if loc_prefix[-1] == "requests" else []), "history"]
+            return _unprocessable(loc, f"history has {len(q.history)} items, at most {settings.max_history}")
+    if variant_header is not None and not r.check_admin(token):
+        return JSONResponse(status_code=403, content={
+            "detail": "X-Scoter-Variant requires a valid X-Scoter-Admin-Token"})
+    with m.inflight.track_inprogress():
+        try:
+            for attempt in (1, 2):  # a reload may stop the batcher this request picked; retry on the new state
+                state = r.require_state()
+                assignments = [r.assign(state, q.user_id, variant_header) for q in reqs]
+                try:
+                    results = await r.recommend(
+                        state, [RecRequest(q.user_id, q.history, q.k, q.exclude_seen) for q in reqs],
+                        assignments, loc_prefix)
+                    break
+                except NotRunningError:
+                    if attempt == 2 or r.state is state:
+                        raise
+        except RequestError as exc:
+            return _unprocessable(exc.loc, exc.msg)
+        except QueueFullError:
+            m.rejections.labels("queue_full").inc()
+            return JSONResponse(status_code=429, headers={"Retry-After": "1"},
+                                content={"detail": "overloaded: inference queue is full, retry later"})
+        except (NotReadyError, NotRunningError):
+            m.rejections.labels("not_ready").inc()
+            return JSONResponse(status_code=503, content={"detail": "not ready"})
+        except Exception:
+            m.errors.labels("internal").inc()
+            log.exception("recommendation failed")
+            return JSONResponse(status_code=500, content={"detail": "internal error"})
+    r.record(results, time.perf_counter() - t0)
+    return [_response(res, state.loaded.version) for res in results]
+
+
+async def recommend_one(r: Recommender, headers, body: RecommendationRequest) -> Response:
+    out = await serve(r, headers, [body], ["body"])
+    return out if isinstance(out, Response) else _json(out[0])
+
+
+async def recommend_many(r: Recommender, headers, body: BatchRequest) -> Response:
+    limit = r.settings.max_batch_request
+    if len(body.requests) > limit:
+        return _unprocessable(["body", "requests"], f"{len(body.requests)} requests, at most {limit}")
+    out = await serve(r, headers, body.requests, ["body", "requests"])
+    return out if isinstance(out, Response) else _json({"results": out})
+
+
+def fast_handlers(app) -> dict[str, Handler]:
+    """The fast path's handlers (`service.fast_path`): the routes' own code behind a bytes -> model parse."""
+
+    async def one(scope: Scope, headers: Headers, body: bytes) -> Response:
+        q = parse_body(RecommendationRequest, body, headers.get("content-type"))
+        return q if isinstance(q, Response) else await recommend_one(app.state.recommender, headers, q)
+
+    async def many(scope: Scope, headers: Headers, body: bytes) -> Response:
+        q = parse_body(BatchRequest, body, headers.get("content-type"))
+        return q if isinstance(q, Response) else await recommend_many(app.state.recommender, headers, q)
+
+    return {"/v1/recommendations": one, "/v1/recommendations:batch": many}
+
+
 def add_routes(router: APIRouter) -> None:
     """Register the routes on `router`: the app's own router, so a request is matched once, not through an
     included router's second dispatch layer."""
@@ -105,69 +178,19 @@ def add_routes(router: APIRouter) -> None:
     def rec(request: Request) -> Recommender:
         return request.app.state.recommender
 
-    async def serve(request: Request, reqs: list[RecommendationRequest], loc_prefix: list) -> list[dict] | Response:
-        variant_header, token = request.headers.get(VARIANT_HEADER), request.headers.get(TOKEN_HEADER)
-        r = rec(request)
-        m = r.metrics
-        t0 = time.perf_counter()
-        settings = r.settings
-        for i, q in enumerate(reqs):
-            if q.history is not None and len(q.history) > settings.max_history:
-                loc = [*loc_prefix, *([i] if loc_prefix[-1] == "requests" else []), "history"]
-                return _unprocessable(loc, f"history has {len(q.history)} items, at most {settings.max_history}")
-        if variant_header is not None and not r.check_admin(token):
-            return JSONResponse(status_code=403, content={
-                "detail": "X-Scoter-Variant requires a valid X-Scoter-Admin-Token"})
-        with m.inflight.track_inprogress():
-            try:
-                for attempt in (1, 2):  # a reload may stop the batcher this request picked; retry on the new state
-                    state = r.require_state()
-                    assignments = [r.assign(state, q.user_id, variant_header) for q in reqs]
-                    try:
-                        results = await r.recommend(
-                            state, [RecRequest(q.user_id, q.history, q.k, q.exclude_seen) for q in reqs],
-                            assignments, loc_prefix)
-                        break
-                    except NotRunningError:
-                        if attempt == 2 or r.state is state:
-                            raise
-                r.count_exposures(assignments)
-            except RequestError as exc:
-                return _unprocessable(exc.loc, exc.msg)
-            except QueueFullError:
-                m.rejections.labels("queue_full").inc()
-                return JSONResponse(status_code=429, headers={"Retry-After": "1"},
-                                    content={"detail": "overloaded: inference queue is full, retry later"})
-            except (NotReadyError, NotRunningError):
-                m.rejections.labels("not_ready").inc()
-                return JSONResponse(status_code=503, content={"detail": "not ready"})
-            except Exception:
-                m.errors.labels("internal").inc()
-                log.exception("recommendation failed")
-                return JSONResponse(status_code=500, content={"detail": "internal error"})
-        took = time.perf_counter() - t0
-        for a in {res.assignment.variant for res in results}:
-            m.stage_seconds.labels("total", a).observe(took)
-        return [_response(res, state.loaded.version) for res in results]
-
     @router.post("/v1/recommendations", response_model=RecommendationResponse, tags=["recommendations"],
                  responses={422: {"description": "invalid input (the field is named)"},
                             429: {"description": "overloaded"}, 503: {"description": "not ready"}},
                  openapi_extra=AB_HEADERS_OPENAPI)
     async def recommend(request: Request, body: RecommendationRequest):
-        out = await serve(request, [body], ["body"])
-        return out if isinstance(out, Response) else _json(out[0])
+        return await recommend_one(rec(request), request.headers, body)
 
     @router.post("/v1/recommendations:batch", response_model=BatchResponse, tags=["recommendations"],
                  responses={422: {"description": "invalid input (the field is named)"},
                             429: {"description": "overloaded"}, 503: {"description": "not ready"}},
                  openapi_extra=AB_HEADERS_OPENAPI)
     async def recommend_batch(request: Request, body: BatchRequest):
-        limit = rec(request).settings.max_batch_request
-        if len(body.requests) > limit:
-            return _unprocessable(["body", "requests"], f"{len(body.requests)} requests, at most {limit}")
-        out = await serve(request, body.requests, ["body", "requests"])
-        return out if isinstance(out, Response) else _json({"results": out})
+        return await recommend_many(rec(request), request.headers, body)
 
     @router.get("/v1/models", tags=["models"])
     async def models(request: Request):

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator import metrics as http_metrics
 
-from service.api import add_routes
+from service.api import add_routes, fast_handlers
+from service.fast_path import FastPathMiddleware, validation_error_response
 from service.metrics import MS_BUCKETS, ServiceMetrics
 from service.serving import Recommender
 from service.settings import ServiceSettings
@@ -43,6 +45,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.recommender = Recommender(settings, metrics)
     add_routes(app.router)
+    app.add_exception_handler(RequestValidationError, lambda request, exc: validation_error_response(
+        list(exc.errors())))
+    if settings.fast_path:  # inside the HTTP metrics middleware, which is added next
+        app.add_middleware(FastPathMiddleware, handlers=fast_handlers(app))
     # the two HTTP series the dashboards and alerts read (docs/CONTRACTS.md); the instrumentator's `default`
     # bundle adds size summaries and a second latency histogram, each more work on every request
     Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).add(

@@ -69,8 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
     # SIGTERM/SIGINT: uvicorn stops accepting, lets in-flight requests finish (up to graceful_shutdown_s),
     # then the lifespan drains each batcher (settings.drain_timeout_s) and closes the store client
     uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=args.workers, log_level=args.log_level,
-                timeout_graceful_shutdown=settings.graceful_shutdown_s)
+                workers=args.workers, log_level=args.log_level, access_log=settings.access_log,
+                proxy_headers=settings.proxy_headers, timeout_graceful_shutdown=settings.graceful_shutdown_s)
     return 0
 
 

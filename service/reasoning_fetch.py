@@ -101,12 +101,14 @@ def make_client(url: str, *, cluster: bool, connect_timeout: float, socket_timeo
 class HeldConnections:
     """MGET on connections taken from the client's pool once and kept checked out between fetches.
 
-    Why: on an idle server every layer is a cold pass through Python, and redis-py 8's pooled command path
-    (pool lock, connection-count observability, a readability probe of the socket, release) costs more than the
-    round trip itself. Measured with `benchmarks/redis_fetch.py` (one key, paced at 10 calls/s), the pooled
-    `client.mget` takes p50 ~0.60 ms and a held connection ~0.43 ms. Connections are still created, connected
-    and counted by the pool (its `max_connections` is the bound); a call that fails or is cancelled by the
-    fetch deadline mid-reply drops its connection (the stream state is unknown) and hands it back to the pool.
+    Why: on an idle server every layer is a cold pass through Python, and redis-py 8's per-command path costs
+    more than the round trip itself: the pool's lock, connection-count bookkeeping and a readability probe of
+    the socket on every checkout, and with a socket timeout a new task per write (`asyncio.wait_for`) and a
+    timer per read. Held connections skip the checkout, and carry no socket timeout while held: the fetch's
+    own deadline bounds every call. Measured with `benchmarks/redis_fetch.py` (one key, paced at 10 calls/s):
+    BENCHMARKS.md. Connections are still created, connected and counted by the pool (its `max_connections`
+    is the bound); a call that fails or is cancelled mid-reply drops its connection (the stream state is
+    unknown) and hands it back to the pool.
     """
 
     def __init__(self, client: Redis):
@@ -115,15 +117,20 @@ class HeldConnections:
 
     async def mget(self, keys: list[str]) -> list[bytes | None]:
         if not self._idle:
-            return await self._call(await self._pool.get_connection("MGET"), keys)
+            return await self._call(await self._checkout(), keys)
         try:
             return await self._call(self._idle.pop(), keys)
         except (RedisConnectionError, OSError):  # an idle connection the server closed (restart, idle timeout)
-            return await self._call(await self._pool.get_connection("MGET"), keys)  # one fresh try, in deadline
+            return await self._call(await self._checkout(), keys)  # one fresh try, inside the same deadline
+
+    async def _checkout(self):
+        conn = await self._pool.get_connection("MGET")
+        conn.held_socket_timeout, conn.socket_timeout = conn.socket_timeout, None
+        return conn
 
     async def _call(self, conn, keys: list[str]) -> list[bytes | None]:
         try:
-            await conn.send_command("MGET", *keys)
+            await conn.send_packed_command(conn.pack_command("MGET", *keys), check_health=False)
             values = await conn.read_response()
         except BaseException:  # failed or cancelled by the deadline: never reuse a half-read connection
             await self._drop(conn)
@@ -133,13 +140,17 @@ class HeldConnections:
 
     async def _drop(self, conn) -> None:
         await conn.disconnect(nowait=True)
+        await self._release(conn)
+
+    async def _release(self, conn) -> None:
+        conn.socket_timeout = conn.held_socket_timeout  # back to the pool as the client configured it
         await self._pool.release(conn)
 
     async def close(self) -> None:
         """Hand every held connection back to the pool (the client's `aclose` then closes them)."""
         idle, self._idle = self._idle, []
         for conn in idle:
-            await self._pool.release(conn)
+            await self._release(conn)
 
 
 class ReasoningFetcher:

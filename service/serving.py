@@ -90,6 +90,9 @@ class RecResult:
     reasoning: ReasoningStatus
     history_source: str  # request | store | none
     history_length: int  # items the model saw (after truncation to T)
+    redis_s: float = 0.0  # stage times, for the metrics (`Recommender.record`)
+    queue_s: float = 0.0
+    inference_s: float = 0.0
 
 
 def _rank_batch(bundle: Bundle, rows: list[Row]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -252,23 +255,30 @@ class Recommender:
             return Assignment(exp.key, forced_variant, False, forced=True)
         return assign(exp, user_id)
 
-    def count_exposures(self, assignments: list[Assignment]) -> None:
-        """Once per served request in the experiment (not forced, not outside coverage)."""
-        for a in assignments:
+    def record(self, results: list[RecResult], total_s: float) -> None:
+        """Stage times, reasoning outcomes and exposures (once per served request in the experiment: not
+        forced, not outside coverage) of the requests just served."""
+        m = self.metrics
+        for res in results:
+            v, a = res.assignment.variant, res.assignment
+            m.stage_seconds.labels("redis", v).observe(res.redis_s)
+            m.stage_seconds.labels("queue", v).observe(res.queue_s)
+            m.stage_seconds.labels("inference", v).observe(res.inference_s)
+            m.reasoning.labels(res.reasoning, v).inc()
             if a.in_experiment and not a.forced:
-                self.metrics.exposures.labels(a.experiment, a.variant).inc()
+                m.exposures.labels(a.experiment, v).inc()
+        for v in {res.assignment.variant for res in results}:
+            m.stage_seconds.labels("total", v).observe(total_s)
 
     async def recommend(self, state: ServingState, reqs: list[RecRequest],
                         assignments: list[Assignment], loc_prefix: list[str | int]) -> list[RecResult]:
         """Serve several users; groups them by variant so each group is one MGET, rows share batches."""
-        for i, (r, a) in enumerate(zip(reqs, assignments, strict=True)):  # all checks before any work
-            bundle = state.variants[a.variant].bundle
-            loc = [*loc_prefix, *([i] if len(reqs) > 1 else [])]
-            if r.k > bundle.beam:
-                raise RequestError([*loc, "k"], f"k={r.k} exceeds the model's beam size {bundle.beam}")
-            for j, item in enumerate(r.history or []):
-                if item not in bundle.item_index:
-                    raise RequestError([*loc, "history", j], f"unknown item id {item!r}")
+
+        def loc(i: int) -> list[str | int]:
+            return [*loc_prefix, *([i] if len(reqs) > 1 else [])]
+
+        mapped = [self._check(state.variants[a.variant].bundle, r, loc(i))  # all checks before any work
+                  for i, (r, a) in enumerate(zip(reqs, assignments, strict=True))]
         groups: dict[str, list[int]] = {}
         for i, a in enumerate(assignments):
             groups.setdefault(a.variant, []).append(i)
@@ -279,33 +289,38 @@ class Recommender:
             t0 = time.perf_counter()
             fetched = await self.fetcher.fetch([reqs[i].user_id for i in idx],
                                                [reqs[i].history is None for i in idx], self._spec(rt))
-            self.metrics.stage_seconds.labels("redis", variant).observe(time.perf_counter() - t0)
+            redis_s = time.perf_counter() - t0
             self.metrics.redis_degraded.set(1 if self.breaker.state == "open" else 0)
-            rows = [self._row(rt.bundle, reqs[i], f, [*loc_prefix, *([i] if len(reqs) > 1 else [])])
-                    for i, f in zip(idx, fetched, strict=True)]
+            rows = [self._row(rt.bundle, mapped[i], f) for i, f in zip(idx, fetched, strict=True)]
             outs = await _await_all([rt.batcher.submit(row) for row, _, _ in rows])
             for i, f, (row, seen, source), out in zip(idx, fetched, rows, outs, strict=True):
-                self.metrics.reasoning.labels(f.status, variant).inc()
-                self.metrics.stage_seconds.labels("queue", variant).observe(out.queue_wait_s)
-                self.metrics.stage_seconds.labels("inference", variant).observe(out.inference_s)
                 ids, scores = out.value
                 items = self._items(rt.bundle, ids, scores, seen if reqs[i].exclude_seen else set(), reqs[i].k)
                 results[i] = RecResult(reqs[i].user_id, items, assignments[i], rt.bundle.model_id,
-                                       rt.bundle.model_version, f.status, source, int((row.history > 0).sum()))
+                                       rt.bundle.model_version, f.status, source, int((row.history > 0).sum()),
+                                       redis_s, out.queue_wait_s, out.inference_s)
 
         await _await_all([serve_group(v, idx) for v, idx in groups.items()])
         return results  # type: ignore[return-value]
 
-    def _row(self, bundle: Bundle, req: RecRequest, fetched: UserFetch,
-             loc: list[str | int]) -> tuple[Row, set[int], str]:
-        if req.history is not None:
-            source, ids = "request", req.history
-            index = []
-            for j, item in enumerate(ids):
-                ix = bundle.item_index.get(item)
-                if ix is None:
-                    raise RequestError([*loc, "history", j], f"unknown item id {item!r}")
-                index.append(ix)
+    @staticmethod
+    def _check(bundle: Bundle, req: RecRequest, loc: list[str | int]) -> list[int] | None:
+        """k within the beam and every request item known; the request history as item indices (None: the
+        history comes from the store)."""
+        if req.k > bundle.beam:
+            raise RequestError([*loc, "k"], f"k={req.k} exceeds the model's beam size {bundle.beam}")
+        if req.history is None:
+            return None
+        index = bundle.item_index
+        out = [index.get(item, -1) for item in req.history]
+        if -1 in out:
+            j = out.index(-1)
+            raise RequestError([*loc, "history", j], f"unknown item id {req.history[j]!r}")
+        return out
+
+    def _row(self, bundle: Bundle, mapped: list[int] | None, fetched: UserFetch) -> tuple[Row, set[int], str]:
+        if mapped is not None:
+            source, index = "request", mapped
         elif fetched.history is not None:
             source = "store"
             index = [bundle.item_index[x] for x in fetched.history if x in bundle.item_index]

@@ -51,6 +51,16 @@ class ServiceSettings(BaseSettings):
     max_history: int = Field(1000, ge=1, description="longer request histories are rejected (422)")
     max_batch_request: int = Field(64, ge=1, description="most users in one batch request")
 
+    # HTTP server (uvicorn). Both default off: per request, uvicorn formats the access-log arguments even when
+    # the log level drops the line, and rewrites the client address from X-Forwarded-For; the service uses
+    # neither (Prometheus counts requests by route and status)
+    access_log: bool = Field(False, description="uvicorn's per-request access log")
+    proxy_headers: bool = Field(False, description="trust X-Forwarded-For/-Proto (uvicorn proxy_headers)")
+
+    # HTTP: the recommendation routes answered by `service.fast_path` (same code and answers as the FastAPI
+    # routes, ~0.25 ms less framework per request, BENCHMARKS.md); false: FastAPI serves them
+    fast_path: bool = Field(True, description="serve POST /v1/recommendations[:batch] through the fast path")
+
     # observability: Prometheus always; FastAPI's own OpenTelemetry (traces, metrics, logs to the global
     # providers) only when asked, since even unconfigured it checks the providers on every request
     otel_telemetry: bool = Field(False, description="enable FastAPI's native OpenTelemetry instrumentation")

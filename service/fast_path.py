@@ -1,0 +1,93 @@
+"""ASGI fast path for the two recommendation routes: the same code as the FastAPI routes, less framework around it.
+
+Why: at low load the recommendation request is a few milliseconds of model time, and FastAPI's per-request
+machinery around an endpoint (routing over every route, the request/response wrappers, dependency solving, JSON
+solving, the request and response wrappers) costs a measurable share of it (BENCHMARKS.md, service overhead).
+This middleware sits inside the HTTP metrics middleware and answers `POST /v1/recommendations[:batch]` itself:
+the body goes through the same steps as in FastAPI's request handler (`parse_body`), then the shared `serve`
+runs.
+Everything else (OpenAPI, models, health, admin, other methods) goes to FastAPI, and the FastAPI routes stay
+declared, so the schema and `/docs` are unchanged; `SCOTER_FAST_PATH=false` lets them serve. The answers,
+422s included, are the same either way (tests/service/test_fast_path.py).
+"""
+
+from __future__ import annotations
+
+import email.message
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import to_json
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+Handler = Callable[[Scope, Headers, bytes], Awaitable[Response]]
+
+
+def validation_error_response(errors: list[dict[str, Any]]) -> Response:
+    """FastAPI's 422 body (`{"detail": errors}`), serialised so that any input renders: an infinite or NaN
+    number in the request (`1e999`) comes back as a string instead of failing the JSON encoder with a 500.
+    Also the app's handler for FastAPI's own RequestValidationError, so both paths answer alike."""
+    return Response(to_json({"detail": errors}, inf_nan_mode="strings", fallback=str), status_code=422,
+                    media_type="application/json")
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def parse_body(model: type[BaseModel], body: bytes, content_type: str | None) -> BaseModel | Response:
+    """The validated body, or the 422 FastAPI answers for it: the same steps as FastAPI's request handler
+    (no body: missing; not JSON by content type: the raw bytes, which fail as not an object; JSON: `json.loads`
+    then validation), with error locations under "body"."""
+    if not body:
+        return validation_error_response([{"type": "missing", "loc": ["body"], "msg": "Field required",
+                                           "input": None}])
+    if _is_json(content_type):
+        try:
+            data: Any = json.loads(body)
+        except json.JSONDecodeError as exc:
+            return validation_error_response([{"type": "json_invalid", "loc": ["body", exc.pos],
+                                               "msg": "JSON decode error", "input": {}, "ctx": {"error": exc.msg}}])
+    else:
+        data = body
+    try:
+        return model.model_validate(data, from_attributes=True)  # as FastAPI validates a body field
+    except ValidationError as exc:
+        return validation_error_response([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors(include_url=False)])
+
+
+async def read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+class FastPathMiddleware:
+    """Routes `POST` on the given exact paths to their handlers; passes everything else through."""
+
+    def __init__(self, app: ASGIApp, handlers: dict[str, Handler]) -> None:
+        self.app = app
+        self.handlers = handlers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self.handlers.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if handler is None:
+            await self.app(scope, receive, send)
+            return
+        response = await handler(scope, Headers(scope=scope), await read_body(receive))
+        await response(scope, receive, send)
