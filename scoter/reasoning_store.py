@@ -71,8 +71,12 @@ def encode(matrix: np.ndarray, *, dtype: str = "float16", created_at: int | None
     return header + np.ascontiguousarray(arr, dtype=dt).tobytes()
 
 
-def decode(value: bytes, *, expect_k: int | None = None, expect_d: int | None = None) -> ReasoningValue:
-    """Parse and check one stored value; raises ReasoningFormatError naming what is wrong."""
+def decode(value: bytes, *, expect_k: int | None = None, expect_d: int | None = None,
+           as_float32: bool = True) -> ReasoningValue:
+    """Parse and check one stored value; raises ReasoningFormatError naming what is wrong.
+
+    `as_float32=False` returns the matrix as stored (a read-only view of `value`, float16 or float32), for a
+    caller that copies it into a float32 batch anyway (the service): one copy instead of two."""
     if len(value) < HEADER_SIZE:
         raise ReasoningFormatError(f"value is {len(value)} bytes, shorter than the {HEADER_SIZE}-byte header")
     magic, version, code, k, d, flags, created = HEADER.unpack_from(value)
@@ -90,5 +94,7 @@ def decode(value: bytes, *, expect_k: int | None = None, expect_d: int | None = 
     body = memoryview(value)[HEADER_SIZE:]
     if len(body) != k * d * dt.itemsize:
         raise ReasoningFormatError(f"body is {len(body)} bytes, expected {k * d * dt.itemsize} for {k}x{d} {dt}")
-    mat = np.frombuffer(body, dtype=dt).reshape(k, d).astype(np.float32)
+    mat = np.frombuffer(body, dtype=dt).reshape(k, d)
+    if as_float32:
+        mat = mat.astype(np.float32)
     return ReasoningValue(matrix=mat, created_at=created, projected=bool(flags & FLAG_PROJECTED))

@@ -83,7 +83,7 @@ class ReasoningSpec:
 
 @dataclass(frozen=True)
 class UserFetch:
-    reasoning: np.ndarray | None  # (K, D) float32, only when status == "hit"
+    reasoning: np.ndarray | None  # (K, D) as stored (float16/float32 view), only when status == "hit"
     status: ReasoningStatus
     history: list[str] | None  # item ids from the store (newest last), when asked for and present
 
@@ -203,7 +203,7 @@ class ReasoningFetcher:
         if value is None:
             return None, "miss"
         try:
-            rv = decode(value, expect_k=spec.k, expect_d=spec.d)
+            rv = decode(value, expect_k=spec.k, expect_d=spec.d, as_float32=False)  # the batch converts
         except ReasoningFormatError as exc:
             self._on_failure("reasoning_format")
             log.debug("bad reasoning value: %s", exc)

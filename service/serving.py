@@ -53,8 +53,8 @@ class NotReadyError(RuntimeError):
 
 @dataclass
 class Row:
-    history: np.ndarray  # [T] int64, left-padded with 0, newest last
-    reasoning: np.ndarray | None  # [K, D] float32
+    history: list[int]  # item indices, newest last, at most T (the batch left-pads them with 0)
+    reasoning: np.ndarray | None  # [K, D] as stored (float16 or float32): the batch converts
 
 
 @dataclass
@@ -96,11 +96,14 @@ class RecResult:
 
 
 def _rank_batch(bundle: Bundle, rows: list[Row]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stack rows into one [B, ...] batch and run the graph once (worker thread)."""
-    hist = np.stack([r.history for r in rows])
+    """Build the [B, ...] arrays and run the graph once (worker thread). The arrays are made here, not per
+    request on the event loop: numpy calls there are slow when the loop's caches are cold (low load)."""
+    hist = np.zeros((len(rows), bundle.max_len), np.int64)
     reasoning = np.zeros((len(rows), bundle.k, bundle.d), np.float32)
     present = np.zeros(len(rows), bool)
     for i, r in enumerate(rows):
+        if r.history:
+            hist[i, -len(r.history):] = r.history
         if r.reasoning is not None:
             reasoning[i], present[i] = r.reasoning, True
     ids, scores = bundle.run(hist, hist > 0, reasoning, present)
@@ -297,7 +300,7 @@ class Recommender:
                 ids, scores = out.value
                 items = self._items(rt.bundle, ids, scores, seen if reqs[i].exclude_seen else set(), reqs[i].k)
                 results[i] = RecResult(reqs[i].user_id, items, assignments[i], rt.bundle.model_id,
-                                       rt.bundle.model_version, f.status, source, int((row.history > 0).sum()),
+                                       rt.bundle.model_version, f.status, source, len(row.history),
                                        redis_s, out.queue_wait_s, out.inference_s)
 
         await _await_all([serve_group(v, idx) for v, idx in groups.items()])
@@ -328,11 +331,7 @@ class Recommender:
                 self.metrics.errors.labels("history_unknown_item").inc()
         else:
             source, index = "none", []
-        recent = index[-bundle.max_len:]
-        hist = np.zeros(bundle.max_len, np.int64)
-        if recent:
-            hist[-len(recent):] = recent
-        return Row(hist, fetched.reasoning), set(index), source
+        return Row(index[-bundle.max_len:], fetched.reasoning), set(index), source
 
     @staticmethod
     def _items(bundle: Bundle, ids: np.ndarray, scores: np.ndarray, seen: set[int],
