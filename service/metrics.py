@@ -7,6 +7,7 @@ PROMETHEUS_MULTIPROC_DIR set, values go to per-process files and `/metrics` aggr
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,6 +34,7 @@ class ServiceMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple, Any] = {}
         r = self.registry
         self.stage_seconds = Histogram("scoter_stage_seconds", "time per request stage", ["stage", "variant"],
                                        buckets=MS_BUCKETS, registry=r)
@@ -52,6 +54,15 @@ class ServiceMetrics:
                                  ["experiment", "variant"], registry=r)
         self.redis_degraded = Gauge("scoter_redis_degraded", "1 while the reasoning store is unreachable "
                                     "(circuit open)", registry=r, multiprocess_mode="livemax")
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: the request path updates the same few children every time, and
+        `labels()` (a lock, label checks, a dict) costs more than the update itself."""
+        key = (metric, labels)
+        got = self._children.get(key)
+        if got is None:
+            got = self._children[key] = metric.labels(*labels)
+        return got
 
     def exposition(self) -> tuple[bytes, str]:
         """Body and content type for `/metrics` (aggregated over processes in multiprocess mode)."""

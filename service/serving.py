@@ -61,7 +61,7 @@ class Row:
 class VariantRuntime:
     name: str
     bundle: Bundle
-    batcher: MicroBatcher[Row, tuple[np.ndarray, np.ndarray]]
+    batcher: MicroBatcher[Row, tuple[list[int], list[float]]]
     manifest_sha256: str
 
 
@@ -95,7 +95,7 @@ class RecResult:
     inference_s: float = 0.0
 
 
-def _rank_batch(bundle: Bundle, rows: list[Row]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _rank_batch(bundle: Bundle, rows: list[Row]) -> list[tuple[list[int], list[float]]]:
     """Build the [B, ...] arrays and run the graph once (worker thread). The arrays are made here, not per
     request on the event loop: numpy calls there are slow when the loop's caches are cold (low load)."""
     hist = np.zeros((len(rows), bundle.max_len), np.int64)
@@ -107,7 +107,7 @@ def _rank_batch(bundle: Bundle, rows: list[Row]) -> list[tuple[np.ndarray, np.nd
         if r.reasoning is not None:
             reasoning[i], present[i] = r.reasoning, True
     ids, scores = bundle.run(hist, hist > 0, reasoning, present)
-    return list(zip(ids, scores, strict=True))
+    return list(zip(ids.tolist(), scores.tolist(), strict=True))  # plain lists: no numpy left for the loop
 
 
 async def _await_all(aws: list[Coroutine[Any, Any, T]]) -> list[T]:
@@ -192,7 +192,7 @@ class Recommender:
                              inter_op_threads=s.ort_inter_op_threads)
         took = bundle.warmup(s.warmup_runs, s.max_batch)
         log.info("variant %s warmed in %.3fs on %s", name, took, bundle.provider)
-        batcher: MicroBatcher[Row, tuple[np.ndarray, np.ndarray]] = MicroBatcher(
+        batcher: MicroBatcher[Row, tuple[list[int], list[float]]] = MicroBatcher(
             lambda rows, b=bundle: _rank_batch(b, rows), executor=self.executor, max_batch=s.max_batch,
             max_wait_ms=s.max_wait_ms, capacity=s.queue_capacity, workers=s.inference_workers,
             on_batch=self.metrics.batch_size.observe, name=f"batcher[{name}]")
@@ -264,14 +264,14 @@ class Recommender:
         m = self.metrics
         for res in results:
             v, a = res.assignment.variant, res.assignment
-            m.stage_seconds.labels("redis", v).observe(res.redis_s)
-            m.stage_seconds.labels("queue", v).observe(res.queue_s)
-            m.stage_seconds.labels("inference", v).observe(res.inference_s)
-            m.reasoning.labels(res.reasoning, v).inc()
+            m.child(m.stage_seconds, "redis", v).observe(res.redis_s)
+            m.child(m.stage_seconds, "queue", v).observe(res.queue_s)
+            m.child(m.stage_seconds, "inference", v).observe(res.inference_s)
+            m.child(m.reasoning, res.reasoning, v).inc()
             if a.in_experiment and not a.forced:
-                m.exposures.labels(a.experiment, v).inc()
+                m.child(m.exposures, a.experiment, v).inc()
         for v in {res.assignment.variant for res in results}:
-            m.stage_seconds.labels("total", v).observe(total_s)
+            m.child(m.stage_seconds, "total", v).observe(total_s)
 
     async def recommend(self, state: ServingState, reqs: list[RecRequest],
                         assignments: list[Assignment], loc_prefix: list[str | int]) -> list[RecResult]:
@@ -334,13 +334,13 @@ class Recommender:
         return Row(index[-bundle.max_len:], fetched.reasoning), set(index), source
 
     @staticmethod
-    def _items(bundle: Bundle, ids: np.ndarray, scores: np.ndarray, seen: set[int],
+    def _items(bundle: Bundle, ids: list[int], scores: list[float], seen: set[int],
                k: int) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
-        for ix, sc in zip(ids.tolist(), scores.tolist(), strict=True):
+        for ix, sc in zip(ids, scores, strict=True):
             if ix <= 0 or ix in seen or ix > len(bundle.items):
                 continue
-            out.append((bundle.items[ix - 1], float(sc)))
+            out.append((bundle.items[ix - 1], sc))
             if len(out) == k:
                 break
         return out
