@@ -41,7 +41,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     otel = settings.otel_telemetry
     app = FastAPI(title="scoter", version="0.1.0", lifespan=lifespan,
                   description="SCoTER recommendations: reasoning from the store, ranking with ONNX Runtime.",
-                  telemetry={"tracing": otel, "metrics": otel, "logs": otel})
+                  telemetry={"tracing": otel, "metrics": otel, "logs": otel}, max_body_size=settings.max_body_bytes)
     app.state.settings = settings
     app.state.recommender = Recommender(settings, metrics)
     add_routes(app.router)

@@ -50,6 +50,8 @@ class ServiceSettings(BaseSettings):
     # request limits
     max_history: int = Field(1000, ge=1, description="longer request histories are rejected (422)")
     max_batch_request: int = Field(64, ge=1, description="most users in one batch request")
+    max_body_bytes: int = Field(8 << 20, ge=1024, description="larger request bodies are refused (413) while "
+                                "being read, before they are buffered whole")
 
     # HTTP server (uvicorn). Both default off: per request, uvicorn formats the access-log arguments even when
     # the log level drops the line, and rewrites the client address from X-Forwarded-For; the service uses

@@ -75,3 +75,21 @@ async def test_fast_path_answers_like_the_fastapi_routes(bundle_dir, store, uid,
     assert 500 not in statuses
     for i, (fast, slow) in enumerate(zip(answers[True], answers[False], strict=True)):
         assert fast == slow, f"case {i}: fast path {fast} != FastAPI {slow}"
+
+
+async def test_oversized_bodies_are_refused_while_read(bundle_dir):
+    """A body past SCOTER_MAX_BODY_BYTES gets 413 on both paths, announced (content-length) or streamed."""
+    big = b'{"user_id": "u1", "history": [' + b",".join([b'"I00001"'] * 400) + b"]}"
+    assert len(big) > 2048
+
+    async def chunks():
+        for i in range(0, len(big), 512):
+            yield big[i:i + 512]
+
+    for fast in (True, False):
+        async with serve(make_settings(bundle=bundle_dir, max_body_bytes=2048, fast_path=fast)) as client:
+            announced = await client.post("/v1/recommendations", content=big, headers=JSON)
+            streamed = await client.post("/v1/recommendations", content=chunks(), headers=JSON)
+            ok = await client.post("/v1/recommendations", json={"user_id": "u1", "history": ["I00001"]})
+        assert announced.status_code == 413 and streamed.status_code == 413, (fast, announced.text)
+        assert ok.status_code == 200
