@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -23,7 +22,13 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from scoter.reasoning_store import ReasoningFormatError, decode, history_key, reasoning_key
+from scoter.reasoning_store import (
+    ReasoningFormatError,
+    StoredMatrix,
+    history_key,
+    read_header,
+    reasoning_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +88,7 @@ class ReasoningSpec:
 
 @dataclass(frozen=True)
 class UserFetch:
-    reasoning: np.ndarray | None  # (K, D) as stored (float16/float32 view), only when status == "hit"
+    reasoning: StoredMatrix | None  # (K, D) still as stored bytes (the batch converts), only when "hit"
     status: ReasoningStatus
     history: list[str] | None  # item ids from the store (newest last), when asked for and present
 
@@ -199,11 +204,11 @@ class ReasoningFetcher:
         self.breaker.record_success()
         return values
 
-    def _reasoning(self, value: bytes | None, spec: ReasoningSpec) -> tuple[np.ndarray | None, ReasoningStatus]:
+    def _reasoning(self, value: bytes | None, spec: ReasoningSpec) -> tuple[StoredMatrix | None, ReasoningStatus]:
         if value is None:
             return None, "miss"
         try:
-            rv = decode(value, expect_k=spec.k, expect_d=spec.d, as_float32=False)  # the batch converts
+            rv = read_header(value, expect_k=spec.k, expect_d=spec.d)
         except ReasoningFormatError as exc:
             self._on_failure("reasoning_format")
             log.debug("bad reasoning value: %s", exc)
