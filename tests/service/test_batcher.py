@@ -174,3 +174,87 @@ async def test_stop_past_the_drain_timeout_fails_the_held_job_instead_of_hanging
     await b.stop(drain_timeout_s=0)
     with pytest.raises(NotRunningError, match="stopped"):  # failed while held, not refused at submit
         await asyncio.wait_for(job, 1)
+
+
+async def test_greedy_runs_a_lone_request_in_its_own_task_within_the_slots():
+    """Greedy policy: a request that finds a free slot and nobody queued runs at once (no worker hand-off);
+    never more batches at once than slots, and what queues behind full slots runs as one batch."""
+    ex = ThreadPoolExecutor(2)
+    gate = threading.Event()
+    running, peak, calls = [0], [0], []
+    lock = threading.Lock()
+
+    def fn(xs: list[int]) -> list[int]:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        if xs[0] < 2:
+            gate.wait(5)  # hold both slots
+        with lock:
+            running[0] -= 1
+            calls.append(list(xs))
+        return [x * 3 for x in xs]
+
+    b = MicroBatcher(fn, executor=ex, max_batch=16, max_wait_ms=0, capacity=64, workers=2)
+    await b.start()
+    try:
+        held = [asyncio.create_task(b.submit(i)) for i in (0, 1)]
+        await asyncio.sleep(0.05)
+        assert b._free == 0 and b.queued == 0  # both ran at once, each in its own task
+        behind = [asyncio.create_task(b.submit(i)) for i in (2, 3, 4)]
+        await asyncio.sleep(0.05)
+        assert b.queued + sum(len(h) for h in b._in_hand) == 3  # no slot: they wait
+        gate.set()
+        out = await asyncio.gather(*held, *behind)
+        lone = await b.submit(7)
+    finally:
+        gate.set()
+        await b.stop()
+        ex.shutdown(wait=False)
+    assert [r.value for r in out] == [0, 3, 6, 9, 12] and lone.value == 21
+    assert out[0].batch_size == 1 and out[0].queue_wait_s == 0.0 and lone.queue_wait_s == 0.0
+    assert sorted(map(sorted, calls[:2])) == [[0], [1]] and [2, 3, 4] in calls and peak[0] == 2
+    assert b._free == 2  # every slot back
+
+
+async def test_a_failed_or_cancelled_direct_run_gives_its_slot_back(executor):
+    release = threading.Event()
+
+    def fn(xs: list[int]) -> list[int]:
+        if xs == [-1]:
+            raise RuntimeError("bad batch")
+        if xs == [-2]:
+            release.wait(5)
+        return xs
+
+    b = MicroBatcher(fn, executor=executor, max_batch=4, max_wait_ms=0, capacity=8)
+    await b.start()
+    try:
+        with pytest.raises(RuntimeError, match="bad batch"):
+            await b.submit(-1)
+        slow = asyncio.create_task(b.submit(-2))
+        await asyncio.sleep(0.05)
+        slow.cancel()  # the client went away mid-inference
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        release.set()
+        assert b._free == 1
+        assert (await b.submit(5)).value == 5
+    finally:
+        release.set()
+        await b.stop()
+
+
+async def test_stop_waits_for_a_request_running_in_its_own_task(executor):
+    release = threading.Event()
+    b = MicroBatcher(lambda xs: (release.wait(5), xs)[1], executor=executor, max_batch=4, max_wait_ms=0,
+                     capacity=8)
+    await b.start()
+    job = asyncio.create_task(b.submit(9))
+    await asyncio.sleep(0.05)
+    stopping = asyncio.create_task(b.stop(drain_timeout_s=5.0))
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # the running request holds the drain
+    release.set()
+    await stopping
+    assert (await job).value == 9
