@@ -11,12 +11,11 @@ import time
 from typing import Annotated, Literal
 
 import onnxruntime as ort
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic_core import to_json
 from starlette.datastructures import Headers
-from starlette.types import Scope
 
 from service.batcher import NotRunningError, QueueFullError
 from service.fast_path import Handler, parse_body
@@ -101,7 +100,7 @@ AB_HEADERS_OPENAPI = {"parameters": [
 ]}
 
 
-async def serve(r: Recommender, headers, reqs: list[RecommendationRequest], loc_prefix: list) -> list[dict] | Response:
+async def serve(r: Recommender, headers: Headers, reqs: list[RecommendationRequest], loc_prefix: list) -> list[dict] | Response:
     """The recommendation path shared by the FastAPI routes and the fast path (`service.fast_path`)."""
     variant_header, token = headers.get(VARIANT_HEADER), headers.get(TOKEN_HEADER)
     m = r.metrics
@@ -144,12 +143,12 @@ async def serve(r: Recommender, headers, reqs: list[RecommendationRequest], loc_
     return [_response(res, state.loaded.version) for res in results]
 
 
-async def recommend_one(r: Recommender, headers, body: RecommendationRequest) -> Response:
+async def recommend_one(r: Recommender, headers: Headers, body: RecommendationRequest) -> Response:
     out = await serve(r, headers, [body], ["body"])
     return out if isinstance(out, Response) else _json(out[0])
 
 
-async def recommend_many(r: Recommender, headers, body: BatchRequest) -> Response:
+async def recommend_many(r: Recommender, headers: Headers, body: BatchRequest) -> Response:
     limit = r.settings.max_batch_request
     if len(body.requests) > limit:
         return _unprocessable(["body", "requests"], f"{len(body.requests)} requests, at most {limit}")
@@ -157,14 +156,14 @@ async def recommend_many(r: Recommender, headers, body: BatchRequest) -> Respons
     return out if isinstance(out, Response) else _json({"results": out})
 
 
-def fast_handlers(app) -> dict[str, Handler]:
+def fast_handlers(app: FastAPI) -> dict[str, Handler]:
     """The fast path's handlers (`service.fast_path`): the routes' own code behind a bytes -> model parse."""
 
-    async def one(scope: Scope, headers: Headers, body: bytes) -> Response:
+    async def one(headers: Headers, body: bytes) -> Response:
         q = parse_body(RecommendationRequest, body, headers.get("content-type"))
         return q if isinstance(q, Response) else await recommend_one(app.state.recommender, headers, q)
 
-    async def many(scope: Scope, headers: Headers, body: bytes) -> Response:
+    async def many(headers: Headers, body: bytes) -> Response:
         q = parse_body(BatchRequest, body, headers.get("content-type"))
         return q if isinstance(q, Response) else await recommend_many(app.state.recommender, headers, q)
 

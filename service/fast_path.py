@@ -1,14 +1,13 @@
 """ASGI fast path for the two recommendation routes: the same code as the FastAPI routes, less framework around it.
 
-Why: at low load the recommendation request is a few milliseconds of model time, and FastAPI's per-request
-machinery around an endpoint (routing over every route, the request/response wrappers, dependency solving, JSON
-solving, the request and response wrappers) costs a measurable share of it (BENCHMARKS.md, service overhead).
-This middleware sits inside the HTTP metrics middleware and answers `POST /v1/recommendations[:batch]` itself:
-the body goes through the same steps as in FastAPI's request handler (`parse_body`), then the shared `serve`
-runs.
-Everything else (OpenAPI, models, health, admin, other methods) goes to FastAPI, and the FastAPI routes stay
-declared, so the schema and `/docs` are unchanged; `SCOTER_FAST_PATH=false` lets them serve. The answers,
-422s included, are the same either way (tests/service/test_fast_path.py).
+Why: at low load a recommendation is a few milliseconds of model time, and FastAPI's per-request machinery around
+an endpoint (matching every route, the request and response wrappers, dependency solving) costs a measurable share
+of it: -0.26 ms per request in a paired low-load run (BENCHMARKS.md, service overhead). This middleware sits
+inside the HTTP metrics middleware and answers `POST /v1/recommendations[:batch]` itself: the body goes through
+the same steps as in FastAPI's request handler (`parse_body`), then the shared `serve` runs. Everything else
+(OpenAPI, models, health, admin, other methods) goes to FastAPI, and the FastAPI routes stay declared, so the
+schema and `/docs` are unchanged; `SCOTER_FAST_PATH=false` lets them serve. The answers, 422s included, are the
+same either way (tests/service/test_fast_path.py).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-Handler = Callable[[Scope, Headers, bytes], Awaitable[Response]]
+Handler = Callable[[Headers, bytes], Awaitable[Response]]  # request headers, body -> response
 
 
 def validation_error_response(errors: list[dict[str, Any]]) -> Response:
@@ -98,5 +97,5 @@ class FastPathMiddleware:
         if handler is None:
             await self.app(scope, receive, send)
             return
-        response = await handler(scope, Headers(scope=scope), await read_body(receive))
+        response = await handler(Headers(scope=scope), await read_body(receive))
         await response(scope, receive, send)
