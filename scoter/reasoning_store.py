@@ -85,9 +85,6 @@ class StoredMatrix:
         """(K, D) read-only view in the stored dtype."""
         return np.frombuffer(self.value, dtype=self.dtype, offset=HEADER_SIZE).reshape(self.k, self.d)
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return self.array() if dtype is None else self.array().astype(dtype)
-
 
 @dataclass(frozen=True)
 class StoredValue:

@@ -120,16 +120,23 @@ class MicroBatcher(Generic[P, R]):
     async def _run_now(self, payload: P) -> BatchResult[R]:
         """A batch of one in the caller's task (greedy policy, a slot free, nobody queued)."""
         self._free -= 1
-        started = time.perf_counter()
         try:
-            self.on_batch(1)
-            results = await asyncio.get_running_loop().run_in_executor(self.executor, self.fn, [payload])
-        except Exception:
-            log.exception("%s: batch of 1 failed", self.name)
-            raise
+            results, _, inference_s = await self._execute([payload])
         finally:
             self._release_slot()
-        return BatchResult(results[0], 0.0, time.perf_counter() - started, 1)
+        return BatchResult(results[0], 0.0, inference_s, 1)
+
+    async def _execute(self, payloads: list[P]) -> tuple[list[R], float, float]:
+        """Run one batch in the executor: (results, start time, inference seconds); a failure is logged and
+        raised to the caller."""
+        started = time.perf_counter()
+        self.on_batch(len(payloads))
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self.executor, self.fn, payloads)
+        except Exception:
+            log.exception("%s: batch of %d failed", self.name, len(payloads))
+            raise
+        return results, started, time.perf_counter() - started
 
     def _release_slot(self) -> None:
         self._free += 1
@@ -172,7 +179,6 @@ class MicroBatcher(Generic[P, R]):
     async def _work(self, held: list[_Job[P, R]]) -> None:
         """One worker loop: wait for a queued job and a free slot, run one batch; `held` is this worker's entry
         in `_in_hand`."""
-        loop = asyncio.get_running_loop()
         while True:
             await self._wait_for_work()
             self._free -= 1
@@ -180,7 +186,7 @@ class MicroBatcher(Generic[P, R]):
                 await self._collect(held)
                 batch = [j for j in held if not j.future.done()]  # skip abandoned requests
                 if batch:
-                    await self._run(loop, batch)
+                    await self._run(batch)
             except asyncio.CancelledError:
                 self._fail(held, NotRunningError(f"{self.name} stopped"))
                 raise
@@ -188,16 +194,12 @@ class MicroBatcher(Generic[P, R]):
                 held.clear()
                 self._release_slot()
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Job[P, R]]) -> None:
-        started = time.perf_counter()
-        self.on_batch(len(batch))
+    async def _run(self, batch: list[_Job[P, R]]) -> None:
         try:
-            results = await loop.run_in_executor(self.executor, self.fn, [j.payload for j in batch])
+            results, started, inference_s = await self._execute([j.payload for j in batch])
         except Exception as exc:  # one bad batch fails its requests, never the worker
-            log.exception("%s: batch of %d failed", self.name, len(batch))
             self._fail(batch, exc)
             return
-        inference_s = time.perf_counter() - started
         for j, r in zip(batch, results, strict=True):
             if not j.future.done():
                 j.future.set_result(BatchResult(r, started - j.enqueued, inference_s, len(batch)))

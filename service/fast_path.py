@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -73,18 +74,6 @@ def parse_body(model: type[BaseModel], body: bytes, content_type: str | None) ->
         return validation_error_response([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors(include_url=False)])
 
 
-async def read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
 class FastPathMiddleware:
     """Routes `POST` on the given exact paths to their handlers; passes everything else through."""
 
@@ -97,5 +86,6 @@ class FastPathMiddleware:
         if handler is None:
             await self.app(scope, receive, send)
             return
-        response = await handler(Headers(scope=scope), await read_body(receive))
+        request = Request(scope, receive)  # Starlette's body reading, as FastAPI's own route handler uses
+        response = await handler(request.headers, await request.body())
         await response(scope, receive, send)

@@ -62,4 +62,4 @@ async def test_cluster_mget_across_slots(cluster_port):
     finally:
         await fetcher.close()
     assert [o.status for o in out] == ["hit"] * 3 + ["miss"] * 3
-    np.testing.assert_array_equal(out[0].reasoning, mat)
+    np.testing.assert_array_equal(out[0].reasoning.array(), mat)

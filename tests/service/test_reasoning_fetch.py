@@ -59,7 +59,7 @@ async def test_hit_miss_stale_error_and_history(store, uid, reasoning_version):
     finally:
         await f.close()
     assert [o.status for o in out] == ["hit", "miss", "stale", "error", "error"]
-    np.testing.assert_allclose(out[0].reasoning, mat, rtol=1e-3)  # stored as float16 by default
+    np.testing.assert_allclose(out[0].reasoning.array(), mat, rtol=1e-3)  # stored as float16 by default
     assert all(o.reasoning is None for o in out[1:])
     assert out[0].history == ["I00003", "I00004"]
     assert out[1].history is None and out[2].history is None and out[3].history is None
@@ -130,7 +130,7 @@ async def test_fetch_over_the_embedded_redis_unix_socket(tmp_path, reasoning_ver
             for _ in range(2):  # a new connection, then the pooled one
                 out = await f.fetch(["u1", "u2"], [False, False], spec)
                 assert [o.status for o in out] == ["hit", "miss"]
-                np.testing.assert_allclose(out[0].reasoning, mat)
+                np.testing.assert_allclose(out[0].reasoning.array(), mat)
         finally:
             await f.close()
     finally:
