@@ -3,11 +3,11 @@ source, each as its own resumable training run sharing one plain-backbone baseli
 
 Switches: full, no_position, no_contrastive, no_position_no_contrastive, single_vector (one embedding for the
 whole chain), mean (mean pooling of steps), last (last step only). Sources: --source NAME=DIR (repeatable; e.g.
-student=artifacts/beauty/reasoning teacher=... untuned=...); `history_text` = the development stand-in.
+student=artifacts/beauty/reasoning teacher=... untuned=...).
 Writes benchmarks/results/<dataset>_ablations_<backbone>_<tag>.json.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/ablations.py --backbone hstu --max-users 2000 --epochs 10 \
-        [--reasoning DIR] [--only full,no_position] [--source student=DIR --source history_text=]
+    OMP_NUM_THREADS=1 python -m benchmarks.ablations --backbone hstu --max-users 2000 --epochs 10 \
+        --reasoning DIR [--only full,no_position] [--source student=DIR --source teacher=DIR]
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ from typing import Any
 
 import torch
 
-from benchmarks.beauty_scoter import RESULTS, add_args, provenance, run_config, write_json
-from offline.fusion import ABLATIONS
-from offline.scoter_train import baseline_dir, relative, run_scoter
+from benchmarks.harness import RESULTS, write_result
+from benchmarks.scoter_runs import add_args, run_config, run_provenance
+from offline.fusion.experiments import baseline_dir, relative, run_scoter
+from offline.fusion.model import ABLATIONS
 from scoter.paths import artifacts_root
 
 
@@ -37,7 +38,7 @@ def main() -> int:
     add_args(ap)
     ap.add_argument("--backbone", choices=["tiger", "hstu"], default="hstu")
     ap.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(ABLATIONS)}")
-    ap.add_argument("--source", action="append", default=[], help="NAME=DIR of H arrays (DIR empty = stand-in)")
+    ap.add_argument("--source", action="append", default=[], help="NAME=DIR: an H folder to compare")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -56,23 +57,23 @@ def main() -> int:
                                                      "baseline_dir": shared_baseline}))
         doc["backbone_test"] = res.get("backbone_test")
         doc["ablations"][name] = _summary(res)
-        doc.update(provenance(args, started))
-        write_json(out_path, doc)
+        doc.update(run_provenance(args, started))
+        write_result(out_path, doc)
     for spec in args.source:
         label, _, folder = spec.partition("=")
-        if not label:
+        if not label or not folder:
             ap.error(f"--source: expected NAME=DIR, got {spec!r}")
-        res = run_scoter(base_cfg.model_copy(update={"reasoning_dir": Path(folder) if folder else None,
+        res = run_scoter(base_cfg.model_copy(update={"reasoning_dir": Path(folder),
                                                      "out_dir": root / f"source-{label}",
                                                      "baseline_dir": shared_baseline}))
         doc["backbone_test"] = res.get("backbone_test")
         doc["sources"][label] = _summary(res)
-        doc.update(provenance(args, started))
-        write_json(out_path, doc)
+        doc.update(run_provenance(args, started))
+        write_result(out_path, doc)
     full = doc["ablations"].get("full")
     if full:  # drop of each switch relative to the full model, as the paper's tables print it
         doc["relative_to_full"] = {n: relative(r["test"], full["test"]) for n, r in doc["ablations"].items()}
-        write_json(out_path, doc)
+        write_result(out_path, doc)
     print(json.dumps(doc, indent=2, default=str))
     return 0
 

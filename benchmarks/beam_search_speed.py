@@ -3,13 +3,12 @@ trie, and the constraint's share of decoding time (same search with vs. without 
 machine load hits both alike). Speed does not depend on training, so freshly initialised paper-size models are
 used. Medians and minima over repeats are both recorded (on a shared machine the minimum is the cleaner one). Writes benchmarks/results/beam_search_speed.json.
 
-    OMP_NUM_THREADS=1 python benchmarks/beam_search_speed.py [--codes PATH] [--repeats 5] [--device cpu]
+    OMP_NUM_THREADS=1 python -m benchmarks.beam_search_speed [--codes PATH] [--repeats 5] [--device cpu]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import platform
@@ -21,10 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from offline.backbones import (  # noqa: E402
+from benchmarks.harness import ROOT, provenance, write_result
+from offline.backbones import (
     HstuConfig,
     HstuModel,
     TigerConfig,
@@ -32,9 +29,9 @@ from offline.backbones import (  # noqa: E402
     TrieTensors,
     constrained_beam_search,
 )
-from offline.backbones.train import Splits, default_codes_path  # noqa: E402
-from offline.semantic_ids import SemanticIds  # noqa: E402
-from scoter.io import write_json_atomic  # noqa: E402
+from offline.backbones.train import default_codes_path
+from offline.data.splits import Splits
+from offline.semantic_ids.codes import SemanticIds
 
 
 def find_codes(explicit: Path | None) -> Path:
@@ -145,13 +142,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(row)
     doc = {
         "benchmark": "beam_search_speed",
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "machine": os.environ.get("SCOTER_MACHINE", "2-core CPU sandbox") if device.type == "cpu"
-        else torch.cuda.get_device_name(device),
+        **provenance(torch.cuda.get_device_name(device) if device.type == "cuda" else None),
         "platform": platform.platform(),
         "threads": args.threads,
         "load_average": os.getloadavg(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "beam": args.beam,
         "codes": str(codes_path.relative_to(ROOT) if codes_path.is_relative_to(ROOT) else codes_path),
         "code_length": len(sid.codebook_sizes),
@@ -159,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_items": sid.n_items,
         "results": results,
     }
-    write_json_atomic(args.out, doc)
-    print(f"wrote {args.out}")
+    write_result(args.out, doc)
     return 0
 
 

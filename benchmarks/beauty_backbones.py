@@ -2,11 +2,10 @@
 benchmarks/results/beauty_backbones_<backbone>_<tag>.json. Per-device defaults: the paper's batch sizes with a
 higher learning rate and a cosine decay over the time budget, since runs here are budget-bound.
 
-    python benchmarks/beauty_backbones.py --backbone hstu --run-dir artifacts/beauty/backbones/hstu \
-        --time-budget 420 --device cuda [--init-from ckpt_fp16.pt] [--max-users N]
+    python -m benchmarks.beauty_backbones --backbone hstu --run-dir artifacts/beauty/backbones/hstu \
+        --time-budget 420 --device cuda [--init-from best.pt] [--max-users N]
 
-A killed run continues from <run-dir>/last.pt; `--init-from` warm-starts from a weights-only checkpoint
-(e.g. the float16 copy a previous GPU run brought back, see --export-weights).
+A killed run continues from <run-dir>/last.pt; `--init-from` warm-starts from another run's best.pt.
 """
 
 from __future__ import annotations
@@ -18,8 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.harness import RESULTS, command
 
 DEFAULTS = {  # (backbone, device type) -> TrainConfig overrides
     ("tiger", "cuda"): {"batch_size": 256, "lr": 2e-3, "warmup_steps": 500, "eval_users": 2000, "eval_batch": 1024},
@@ -43,21 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig override (JSON value)")
     p.add_argument("--tag", default=None, help="result name suffix (default: device type, + users if subset)")
-    p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks/results")
-    p.add_argument("--export-weights", type=Path, default=None, help="also write the best weights as float16 here")
+    p.add_argument("--results-dir", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from offline.backbones.config import TrainConfig
-    from offline.backbones.train import (
-        BEST,
-        Splits,
-        Trainer,
-        default_codes_path,
-        export_weights,
-        resolve_device,
-    )
-    from offline.semantic_ids import SemanticIds
+    from offline.backbones.train import Trainer, default_codes_path
+    from offline.data.splits import Splits
+    from offline.semantic_ids.codes import SemanticIds
+    from offline.training_utils import resolve_device
 
     device = resolve_device(args.device)
     overrides = dict(DEFAULTS[(args.backbone, device.type)])
@@ -81,11 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.monotonic() - t0
     metrics = trainer.final_evaluation(result, progress=False)
     doc = json.loads(result.read_text())
-    doc.update(command="python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
+    doc.update(command=command(),
                codes=str(codes_path), train_wall_s=train_s, steps=trainer.step)
     result.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    if args.export_weights and (args.run_dir / BEST).exists():
-        export_weights(args.run_dir / BEST, args.export_weights)
     print(json.dumps({"backbone": args.backbone, "test": metrics["test"], "result": str(result)}))
     return 0
 

@@ -1,8 +1,8 @@
 """Beauty SASRec benchmark: re-evaluate the committed checkpoint (default) or train a fresh one (--train), and write
 benchmarks/results/beauty_sasrec.json with valid/test metrics, subgroups and the time taken.
 
-    PYTHONPATH=. python benchmarks/beauty_sasrec.py                      # evaluate the checkpoint (~2 min CPU)
-    PYTHONPATH=. python benchmarks/beauty_sasrec.py --train --device cuda # retrain (~4 min on one H200)
+    python -m benchmarks.beauty_sasrec                      # evaluate the checkpoint (~2 min CPU)
+    python -m benchmarks.beauty_sasrec --train --device cuda # retrain (~4 min on one H200)
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import json
 import logging
 import time
 from pathlib import Path
+
+from benchmarks.harness import command
 
 HERE = Path(__file__).resolve().parent
 CHECKPOINT = HERE / "checkpoints" / "beauty_sasrec.pt"
@@ -42,8 +44,13 @@ def main() -> int:
 
     import torch
 
-    from offline.data import DataConfig
-    from offline.sasrec import SasrecConfig, evaluate_checkpoint, train_sasrec, write_checkpoint_result
+    from offline.baselines.sasrec import (
+        SasrecConfig,
+        evaluate_checkpoint,
+        train_sasrec,
+        write_checkpoint_result,
+    )
+    from offline.data.datasets import DataConfig
     from scoter.io import write_json_atomic
 
     torch.set_num_threads(args.threads)
@@ -66,8 +73,7 @@ def main() -> int:
         res,
         elapsed_s=elapsed,
         mode="evaluate-checkpoint",
-        command="PYTHONPATH=. python benchmarks/beauty_sasrec.py "
-        + " ".join(f"--train-results {f}" for f in args.train_results),
+        command=command(),
         checkpoint=str(
             args.checkpoint.relative_to(HERE.parent)
             if args.checkpoint.is_relative_to(HERE.parent)

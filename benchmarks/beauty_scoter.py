@@ -5,10 +5,8 @@ no worse than -2% with H absent.
 Each backbone run trains (or resumes) the plain backbone and the fused model with the same loop and budget under
 artifacts/<dataset>/bench/<tag>/scoter-<bb>/ and writes benchmarks/results/<dataset>_scoter_<tag>.json.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/beauty_scoter.py --backbones hstu --max-users 2000 \
-        --epochs 10 [--reasoning artifacts/beauty/reasoning] [--tag small]
-
-Without --reasoning the H is the history_text development stand-in (training-only signal), and the JSON says so.
+    OMP_NUM_THREADS=1 python -m benchmarks.beauty_scoter --backbones hstu --max-users 2000 \
+        --epochs 10 --reasoning artifacts/beauty/reasoning [--tag small]
 """
 
 from __future__ import annotations
@@ -17,75 +15,16 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from offline.backbones.config import TrainConfig
-from offline.evaluation import MACHINE, git_commit
-from offline.scoter_train import ScoterRunConfig, baseline_dir, run_baseline_only, run_scoter
-from scoter.io import write_json_atomic
-from scoter.paths import REPO_ROOT, artifacts_root
-
-RESULTS = REPO_ROOT / "benchmarks" / "results"
-
-
-def add_args(ap: argparse.ArgumentParser) -> None:
-    """Options shared by the SCoTER benchmarks (data size, budget, reasoning source, device)."""
-    ap.add_argument("--dataset", default="beauty")
-    ap.add_argument("--max-users", type=int, default=None, help="first N users only (CPU-sized runs)")
-    ap.add_argument("--codes", type=Path, default=None, help="semantic IDs .npz (default: artifacts/<ds>/...)")
-    ap.add_argument("--reasoning", type=Path, default=None, help="H folder; omitted = history_text stand-in")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=None)
-    ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--patience", type=int, default=None)
-    ap.add_argument("--warmup-steps", type=int, default=None)
-    ap.add_argument("--schedule", choices=["constant", "cosine"], default=None)
-    ap.add_argument("--eval-users", type=int, default=None)
-    ap.add_argument("--time-budget", type=float, default=None, help="seconds per training run")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=None, help="training seed (default: TrainConfig's, 0)")
-    ap.add_argument("--model-config", default=None, help="JSON backbone overrides (applied to every backbone)")
-    ap.add_argument("--fusion-config", default=None, help="JSON FusionConfig overrides")
-    ap.add_argument("--baseline", type=Path, default=None, help="reuse this plain-backbone run folder")
-    ap.add_argument("--init-from-baseline", action="store_true")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--tag", default="default", help="names the run folder and the results file")
-
-
-def run_config(args: argparse.Namespace, backbone: str, out: Path, **updates: Any) -> ScoterRunConfig:
-    train: dict[str, Any] = {"num_threads": args.threads}
-    for key in ("epochs", "batch_size", "lr", "patience", "eval_users", "warmup_steps", "schedule", "seed"):
-        if getattr(args, key) is not None:
-            train[key] = getattr(args, key)
-    if args.time_budget is not None:
-        train["time_budget_s"] = args.time_budget
-    cfg = ScoterRunConfig(
-        backbone=backbone, dataset=args.dataset, max_users=args.max_users, codes_path=args.codes,
-        reasoning_dir=args.reasoning, train=TrainConfig.for_backbone(backbone, **train),
-        backbone_config=json.loads(args.model_config) if args.model_config else None,
-        fusion=json.loads(args.fusion_config) if args.fusion_config else {},
-        out_dir=out, baseline_dir=args.baseline, init_from_baseline=args.init_from_baseline, device=args.device,
-    )
-    return cfg.model_copy(update=updates)
-
-
-def provenance(args: argparse.Namespace, started: float) -> dict[str, Any]:
-    device = "cpu"
-    if args.device != "cpu" and torch.cuda.is_available():
-        device = torch.cuda.get_device_name(0)
-    return {"command": "PYTHONPATH=. python " + " ".join(sys.argv), "machine": MACHINE if device == "cpu" else device,
-            "date": datetime.now(UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
-            "elapsed_s": round(time.perf_counter() - started, 1), "torch_threads": torch.get_num_threads()}
-
-
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    write_json_atomic(path, doc, default=str)
+from benchmarks.harness import RESULTS, write_result
+from benchmarks.scoter_runs import add_args, run_config, run_provenance
+from offline.fusion.experiments import baseline_dir, run_baseline_only, run_scoter
+from scoter.paths import artifacts_root
 
 
 def training_summary(run_dir: Path) -> dict[str, Any]:
@@ -144,13 +83,13 @@ def main() -> int:
         if args.stage in ("both", "combine"):
             run["training"] = {"backbone": training_summary(baseline_dir(cfg)), "scoter": training_summary(cfg.out_dir)}
             # the backbone's own result file (the issue's <dataset>_<backbone>.json), from this SCoTER run's baseline
-            write_json(RESULTS / f"{args.dataset}_{bb}.json", {
+            write_result(RESULTS / f"{args.dataset}_{bb}.json", {
                 "model": bb, "tag": args.tag, "test": res.get("backbone_test"),
                 "training": run["training"]["backbone"],
-                "config": {"model": cfg.backbone_config, "train": cfg.train.model_dump()}, **provenance(args, started)})
+                "config": {"model": cfg.backbone_config, "train": cfg.train.model_dump()}, **run_provenance(args, started)})
         doc["runs"][f"scoter-{bb[0].upper()}"] = run
-        doc.update(provenance(args, started))
-        write_json(out_path, doc)  # after each backbone, so a later failure keeps the finished one
+        doc.update(run_provenance(args, started))
+        write_result(out_path, doc)  # after each backbone, so a later failure keeps the finished one
     print(json.dumps(doc, indent=2, default=str))
     return 0
 

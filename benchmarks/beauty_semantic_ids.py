@@ -5,7 +5,7 @@ wall time, trie sizes) and the artifacts other stages use:
 artifacts/beauty/item_embeddings.npy, artifacts/beauty/semantic_ids_{rqvae,rqkmeans}.npz (+ .json report),
 artifacts/beauty/trie_{rqvae,rqkmeans}.npz.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/beauty_semantic_ids.py [--epochs N] [--methods rqvae rqkmeans]
+    OMP_NUM_THREADS=1 python -m benchmarks.beauty_semantic_ids [--epochs N] [--methods rqvae rqkmeans]
 """
 
 from __future__ import annotations
@@ -15,19 +15,18 @@ import json
 import logging
 import platform
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from offline.data import load_benchmark
-from offline.embeddings import EmbeddingConfig, ItemEmbedder
-from offline.semantic_ids import SemanticIdConfig, build_semantic_ids
-from offline.trie import PrefixTrie
-from scoter.io import atomic_write, write_json_atomic
-from scoter.paths import REPO_ROOT, artifacts_root
-from scoter.provenance import git_commit
+from benchmarks.harness import RESULTS, provenance, write_result
+from offline.data.datasets import load_benchmark
+from offline.semantic_ids.codes import SemanticIdConfig, build_semantic_ids
+from offline.semantic_ids.embeddings import EmbeddingConfig, ItemEmbedder
+from offline.semantic_ids.trie import PrefixTrie
+from scoter.io import atomic_write
+from scoter.paths import artifacts_root
 
 log = logging.getLogger("beauty_semantic_ids")
 
@@ -56,7 +55,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=None, help="RQ-VAE epochs (default: SemanticIdConfig)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument(
-        "--out", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "beauty_semantic_ids.json"
+        "--out", type=Path, default=RESULTS / "beauty_semantic_ids.json"
     )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -74,11 +73,9 @@ def main() -> int:
 
     result: dict = {
         "benchmark": "beauty_semantic_ids",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": "2-core CPU sandbox",
+        **provenance(),
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "git_commit": git_commit(),
         "dataset": {"name": ds.name, "n_items": ds.n_items, "checksum": ds.checksum},
         "embeddings": {
             "model": embedder.config.model_id(),
@@ -122,8 +119,7 @@ def main() -> int:
             json.dumps({k: result["methods"][method][k] for k in ("collision_rate", "seconds")}),
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, result)
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

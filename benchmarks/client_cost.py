@@ -4,28 +4,30 @@ The open-loop benchmark runs its client on the server's cores, so client CPU is 
 how much. Sequential requests (no concurrency), `time.process_time()` of the client process, clients alternated.
 Writes benchmarks/results/client_cost.json.
 
-    PYTHONPATH=. python benchmarks/client_cost.py --bundle artifacts/export_bench_scoter_hstu/bundle
+    python -m benchmarks.client_cost --bundle artifacts/export_bench_scoter_hstu/bundle
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.service_latency import free_port, poster, resolve_bundle, start_server, stop_server  # noqa: E402
-from scoter.io import write_json_atomic  # noqa: E402
-from scoter.provenance import git_commit  # noqa: E402
+from benchmarks.harness import (
+    RESULTS,
+    free_port,
+    median_se,
+    poster,
+    provenance,
+    resolve_bundle,
+    start_server,
+    stop_server,
+    write_result,
+)
 
 
 async def per_request(url: str, client: str, bodies: list[dict]) -> tuple[float, float]:
@@ -46,7 +48,7 @@ def main() -> int:
     p.add_argument("--bundle", type=Path, help="exported bundle (default: the tiny test bundle)")
     p.add_argument("--requests", type=int, default=500)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/client_cost.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "client_cost.json")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         bundle, manifest, items = resolve_bundle(args.bundle, Path(tmp))
@@ -62,16 +64,15 @@ def main() -> int:
         finally:
             stop_server(proc)
     result = {
-        "benchmark": "client_cost", "command": " ".join(["python", *sys.argv]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
-        "machine": f"2-core CPU sandbox ({platform.machine()})", "bundle": str(bundle), "requests": args.requests,
+        "benchmark": "client_cost", **provenance(), "bundle": str(bundle), "requests": args.requests,
         "clients": {c: {"cpu_ms_per_request": [round(x[0], 3) for x in r],
                         "wall_ms_per_request": [round(x[1], 2) for x in r],
-                        "cpu_ms_median": round(statistics.median(x[0] for x in r), 3)} for c, r in runs.items()},
+                        "cpu_ms_median": round(statistics.median(x[0] for x in r), 3),
+                        "cpu_ms": median_se([x[0] for x in r])} for c, r in runs.items()},
     }
     result["httpx_over_aiohttp_cpu"] = round(result["clients"]["httpx"]["cpu_ms_median"]
                                              / result["clients"]["aiohttp"]["cpu_ms_median"], 2)
-    write_json_atomic(args.out, result)
+    write_result(args.out, result)
     print(json.dumps(result, indent=2))
     return 0
 

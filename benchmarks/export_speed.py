@@ -5,16 +5,14 @@ With no --checkpoint it briefly trains a paper-size TIGER + fusion on Beauty (sy
 speed and parity do not depend on how good H is) and saves it in the backbones' checkpoint format, so the same
 `load_ranking_source` path as `scoter export` is exercised. Progress goes to the log; run it in the background:
 
-    OMP_NUM_THREADS=1 nohup python benchmarks/export_speed.py > artifacts/logs/export_speed.log 2>&1 &
+    OMP_NUM_THREADS=1 nohup python -m benchmarks.export_speed > artifacts/logs/export_speed.log 2>&1 &
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
-import platform
 import statistics
 import sys
 import time
@@ -23,15 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from model_export.export import ExportConfig, export_bundle  # noqa: E402
-from model_export.source import dataset_feeds, load_ranking_source  # noqa: E402
-from model_export.verify import compare_rankings, run_onnx, run_torch  # noqa: E402
-from scoter.io import atomic_write, write_json_atomic  # noqa: E402
-from scoter.provenance import git_commit  # noqa: E402
-from scoter.ranker import BundleRanker, RankerConfig  # noqa: E402
+from benchmarks.harness import ROOT, provenance, write_result
+from model_export.export import ExportConfig, export_bundle
+from model_export.source import dataset_feeds, load_ranking_source
+from model_export.verify import compare_rankings, run_onnx, run_torch
+from offline.training_utils import load_checkpoint
+from scoter.io import atomic_write
+from scoter.ranker import BundleRanker, RankerConfig
 
 log = logging.getLogger("export_speed")
 FEEDS = ("history", "history_mask", "reasoning", "reasoning_present")
@@ -40,9 +36,9 @@ FEEDS = ("history", "history_mask", "reasoning", "reasoning_present")
 def brief_train(codes_path: Path, out: Path, steps: int, k: int, batch: int, seed: int = 0) -> Path:
     """A few hundred steps of paper-size TIGER + fusion on Beauty train examples; returns the checkpoint."""
     from offline.backbones import TigerConfig, TigerModel
-    from offline.data import LeaveOneOut, load_benchmark
-    from offline.fusion import FusionConfig, ReasoningFusion
-    from offline.semantic_ids import SemanticIds
+    from offline.data.datasets import LeaveOneOut, load_benchmark
+    from offline.fusion.model import FusionConfig, ReasoningFusion
+    from offline.semantic_ids.codes import SemanticIds
 
     torch.manual_seed(seed)
     sids = SemanticIds.load(codes_path)
@@ -175,11 +171,8 @@ def main() -> int:
 
     result = {
         "benchmark": "export_speed",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": "2-core CPU sandbox (shared)", "cpu": platform.processor() or platform.machine(),
-        "git_commit": git_commit(),
-        "command": " ".join(["python", "benchmarks/export_speed.py", *sys.argv[1:]]),
-        "checkpoint": str(checkpoint), "checkpoint_note": torch.load(checkpoint, weights_only=False).get("note"),
+        **provenance(),
+        "checkpoint": str(checkpoint), "checkpoint_note": load_checkpoint(checkpoint).get("note"),
         "model": {"backbone": model_desc, "n_items": int(src.codes.shape[0] - 1),
                   "codebook_sizes": src.codebook_sizes, "beam": 20, "K": src.reasoning_steps,
                   "D": src.reasoning_dim, "max_history": src.max_history},
@@ -194,8 +187,7 @@ def main() -> int:
         "parity_fp32": parity_fp32, "parity_fp16": parity_fp16, "parity_int8": parity_int8,
         "recall_at_10": recall10, "inputs": note,
     }
-    write_json_atomic(args.out, result)
-    log.info("wrote %s", args.out)
+    write_result(args.out, result)
     print(json.dumps(result, indent=2))
     return 0
 

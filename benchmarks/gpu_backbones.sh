@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Train TIGER and HSTU concurrently on one CUDA GPU within a time budget (from scratch, from a run folder's
-# last.pt, or warm-started from float16 weights a previous run brought back), then evaluate both on the full
+# last.pt, or warm-started from the best.pt a previous run brought back), then evaluate both on the full
 # Beauty test split with beam 20. Needs no internet.
 #
 #   OUT=/some/dir benchmarks/gpu_backbones.sh [BUDGET_S=420]
 #
 # Inputs: this repo, artifacts/beauty/semantic_ids_rqvae.npz (or CODES=path), data at ../shared/data (or
-# SCOTER_DATA_DIR). Optional: INIT_DIR (default benchmarks/checkpoints) holding beauty_{tiger,hstu}_fp16.pt
+# SCOTER_DATA_DIR). Optional: INIT_DIR (default benchmarks/checkpoints) holding beauty_{tiger,hstu}_gpu.pt
 # to continue from; artifacts/wheels/*.whl installed when pydantic is missing (the GPU image lacks it).
-# Outputs in $OUT (at most 8 files, <= 16 MiB each, so they come back from the device tool):
-#   beauty_backbones_{tiger,hstu}_gpu.json, beauty_{tiger,hstu}_fp16.pt, {tiger,hstu}.log, {tiger,hstu}_epochs.jsonl
+# Outputs in $OUT (at most 8 files, so they come back from the device tool):
+#   beauty_backbones_{tiger,hstu}_gpu.json, beauty_{tiger,hstu}_gpu.pt (best.pt: weights only), {tiger,hstu}.log,
+#   {tiger,hstu}_epochs.jsonl
 # Full run folders (with optimizer state, for resuming on the same machine) stay in $RUN_DIR.
 set -euo pipefail
 BUDGET=${1:-420}
@@ -51,18 +52,18 @@ echo "budget ${BUDGET}s -> ${TRAIN}s of training per model (concurrent), codes $
 pids=()
 for b in tiger hstu; do
   init=()
-  if [ ! -f "$RUN_DIR/$b/last.pt" ] && [ -f "$INIT_DIR/beauty_${b}_fp16.pt" ]; then
-    init=(--init-from "$INIT_DIR/beauty_${b}_fp16.pt")
+  if [ ! -f "$RUN_DIR/$b/last.pt" ] && [ -f "$INIT_DIR/beauty_${b}_gpu.pt" ]; then
+    init=(--init-from "$INIT_DIR/beauty_${b}_gpu.pt")
   fi
-  "$PY" benchmarks/beauty_backbones.py --backbone "$b" --run-dir "$RUN_DIR/$b" --codes "$CODES" --device "$DEVICE" \
-      --time-budget "$TRAIN" --threads 2 --tag gpu $EXTRA --results-dir "$OUT" \
-      --export-weights "$OUT/beauty_${b}_fp16.pt" "${init[@]}" > "$OUT/$b.log" 2>&1 &
+  "$PY" -m benchmarks.beauty_backbones --backbone "$b" --run-dir "$RUN_DIR/$b" --codes "$CODES" --device "$DEVICE" \
+      --time-budget "$TRAIN" --threads 2 --tag gpu $EXTRA --results-dir "$OUT" "${init[@]}" > "$OUT/$b.log" 2>&1 &
   pids+=($!)
 done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 for b in tiger hstu; do
   cp "$RUN_DIR/$b/log.jsonl" "$OUT/${b}_epochs.jsonl" 2>/dev/null || true
+  cp "$RUN_DIR/$b/best.pt" "$OUT/beauty_${b}_gpu.pt" 2>/dev/null || true
   grep -h '"test"' "$OUT/$b.log" | tail -n 1 || echo "$b: no result (see $OUT/$b.log)"
 done
 exit $status

@@ -3,22 +3,18 @@ template): the same users, Figure-9 prompt and sampling as `scoter reason discov
 template, the model writing the reason and the recommendations; mean Recall@20 against the validation target is
 each template's Quality, comparable with the discovered clusters'. Writes benchmarks/results/<ds>_gvm_templates.json.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/gvm_templates.py --users 16 [--llm http://host:8000/v1]
+    OMP_NUM_THREADS=1 python -m benchmarks.gvm_templates --users 16 [--llm http://host:8000/v1]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
-import platform
-import sys
 import time
 
-from scoter.io import write_json_atomic
-from scoter.paths import REPO_ROOT, artifacts_root
-from scoter.provenance import git_commit
+from benchmarks.harness import RESULTS, provenance, write_result
+from scoter.paths import artifacts_root
 
 
 def main() -> int:
@@ -48,11 +44,8 @@ def main() -> int:
         results[name] = validate_template(cfg, llm, ds, load_template(name))
         logging.info("%s: %s", name, json.dumps(results[name]))
     doc = {"benchmark": "gvm_templates", "dataset": args.dataset, "llm": args.llm, "config": cfg.model_dump(),
-           "templates": results, "command": "PYTHONPATH=. python " + " ".join(sys.argv),
-           "machine": f"{platform.machine()} CPU sandbox", "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-           "git_commit": git_commit(), "elapsed_s": round(time.perf_counter() - started, 1)}
-    out = REPO_ROOT / "benchmarks" / "results" / f"{args.dataset}_gvm_templates.json"
-    write_json_atomic(out, doc)
+           "templates": results, **provenance(elapsed_s=round(time.perf_counter() - started, 1))}
+    write_result(RESULTS / f"{args.dataset}_gvm_templates.json", doc)
     print(json.dumps(doc, indent=2))
     return 0
 

@@ -1,9 +1,18 @@
-"""Reasoning pipeline benchmark on Beauty (2-core CPU): GVM on a user sample with the local 135M model,
-teacher chains, encoder student, H for ALL users, LoRA student on a sample. Writes the H arrays under
-artifacts/beauty/reasoning/ and the measurements to benchmarks/results/beauty_reasoning.json.
+"""Reasoning pipeline on Beauty with the embedded SmolLM2-135M on a 2-core CPU, in stages that can run in
+separate processes (one thread each) and resume after a kill (LLM answers are cached per chunk, each stage
+writes its output atomically and skips itself when that output exists):
 
-Resumable: each stage skips work whose output exists (and LLM answers are cached), so rerunning after a kill
-continues. Run: OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/reasoning.py"""
+  speed     tokens/s of the batched decoder (shared-prefix KV cache, grammar) vs transformers' generate()
+  discover  GVM (grounded prompts, grammar-constrained answers) on --gvm-users validation users -> template
+  teacher   hindsight teacher chains (training rows: history seq[:-3], told seq[-3]) for --teacher-users
+            users with the discovered template -> encoder student (held-out fidelity) -> H for every user
+  validate  Validate Recall@20 of the teacher's recommendations per prompt variant on --validate-users
+  report    gathers the stages into benchmarks/results/beauty_reasoning.json
+
+  OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/reasoning.py --stage discover
+  OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/reasoning.py --stage teacher  &   # two processes,
+  OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/reasoning.py --stage validate &   # one thread each
+  PYTHONPATH=. python benchmarks/reasoning.py --stage report"""
 
 from __future__ import annotations
 
@@ -12,8 +21,10 @@ import datetime as dt
 import json
 import logging
 import platform
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from scoter.paths import REPO_ROOT, artifacts_root
 from scoter.provenance import git_commit
@@ -21,148 +32,216 @@ from scoter.provenance import git_commit
 log = logging.getLogger("benchmarks.reasoning")
 
 
+def _llm(out: Path, name: str, batch_size: int, engine: str = "torch") -> Any:
+    from offline.reasoning.config import LocalLLMConfig
+    from offline.reasoning.local_backend import LocalLLM
+
+    return LocalLLM(LocalLLMConfig(batch_size=batch_size, engine=engine), cache_path=out / f"llm_cache_{name}.jsonl")
+
+
+def _gvm_cfg(args: argparse.Namespace, **kw: Any) -> Any:
+    from offline.reasoning.config import GVMConfig
+
+    return GVMConfig(dataset=args.dataset, max_steps=args.max_steps, **kw)
+
+
+def stage_speed(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Same grounded prompts through both engines, same batch size, prefill included."""
+    from offline.reasoning import corpus
+    from offline.reasoning.config import SamplingParams
+    from offline.reasoning.gvm import variant_examples
+
+    ds = corpus.load(args.dataset)
+    rows = corpus.sample_users(ds, args.speed_prompts, 7)
+    ex = variant_examples(_gvm_cfg(args), ds, rows)
+    chats = [e["chat"] for e in ex]
+    res: dict[str, Any] = {"prompts": len(chats), "max_new_tokens": args.speed_tokens}
+    for engine, bs in (("hf", 1), ("hf", args.batch_size), ("torch", args.batch_size)):
+        llm = _llm(out, "speed", bs, engine)
+        llm.cache = None  # measure generation, not the cache
+        params = SamplingParams(temperature=0.7, top_p=0.9, max_tokens=args.speed_tokens, seed=0)
+        t0 = time.perf_counter()
+        texts = llm.generate(chats, params)
+        wall = time.perf_counter() - t0
+        res[f"{engine}_bs{bs}"] = {"generated_tokens": llm.generated_tokens, "wall_s": round(wall, 1),
+                                   "tokens_per_s": llm.generated_tokens / wall, "sample": texts[0][:200]}
+        log.info("speed %s bs=%d: %.1f tok/s", engine, bs, llm.generated_tokens / wall)
+    return res
+
+
+def stage_discover(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from offline.reasoning import corpus
+    from offline.reasoning.gvm import run_gvm
+
+    ds = corpus.load(args.dataset)
+    llm = _llm(out, "discover", args.batch_size)
+    t0 = time.perf_counter()
+    cfg = _gvm_cfg(args, variant="grounded", users=args.gvm_users, temperature=0.7)
+    report = run_gvm(cfg, llm, ds, out / "gvm")
+    report["wall_s"] = time.perf_counter() - t0
+    report["tokens_per_s"] = llm.tokens_per_second
+    report["generated_tokens"] = llm.generated_tokens
+    return report
+
+
+def stage_teacher(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    import numpy as np
+
+    from offline.reasoning import corpus, pipeline
+    from offline.reasoning.config import DistillConfig, EncoderStudentConfig
+    from offline.reasoning.gvm import load_template
+
+    ds = corpus.load(args.dataset)
+    steps = load_template(args.template, out / "gvm")
+    llm = _llm(out, "teacher", args.batch_size)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    dcfg = DistillConfig(dataset=args.dataset, template=args.template, teacher_users=args.teacher_users,
+                         oracle=True, teacher_mode="structured", step_max_tokens=24,
+                         max_seconds=args.max_seconds)
+    teacher = pipeline.run_teacher(llm, ds, steps, dcfg, out)
+    times["teacher_s"] = time.perf_counter() - t0
+    ecfg = EncoderStudentConfig(epochs=args.epochs)
+    t0 = time.perf_counter()
+    student, srep = pipeline.train_encoder_student(ds, teacher, ecfg, out)
+    times["encoder_student_train_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    prep = pipeline.precompute_h(student, ds, out, ecfg)
+    times["precompute_h_all_users_s"] = time.perf_counter() - t0
+    pipeline.write_meta(out, ds, steps, {
+        "template_name": args.template, "teacher": "hindsight (R2END oracle-guided), grounded prompt, "
+        "grammar-constrained, SmolLM2-135M-Instruct", "teacher_chains": teacher["report"]["accepted"]})
+    h = np.load(out / "H_test.npy", mmap_mode="r")
+    return {"template": steps, "teacher": teacher["report"], "encoder_student": srep,
+            "precompute": {**prep, "H_shape": list(h.shape)}, "times": times}
+
+
+def stage_validate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Variants interleaved chunk by chunk on the same users, so a deadline leaves them equally far."""
+    from offline.reasoning import corpus
+    from offline.reasoning.encode import item_embeddings
+    from offline.reasoning.grounding import Grounding
+    from offline.reasoning.gvm import load_template, mean_se, validate_variant
+    from scoter.io import write_json
+
+    ds = corpus.load(args.dataset)
+    g = Grounding(ds)
+    items = item_embeddings(ds)
+    llm = _llm(out, "validate", args.batch_size)
+    rows = corpus.sample_users(ds, args.validate_users, 11)
+    jobs: list[tuple[str, str, list[str] | None]] = [(v, v, None) for v in args.variants.split(",")]
+    if args.template_users:
+        for name in args.templates.split(","):
+            jobs.append((f"grounded+{name}", "grounded", load_template(name, out / "gvm")))
+    acc: dict[str, dict[str, Any]] = {k: {"scores": [], "cand": [], "ok": [], "seconds": 0.0, "tokens": 0,
+                                          "examples": []} for k, _, _ in jobs}
+    t0 = time.perf_counter()
+    for start in range(0, len(rows), args.chunk):
+        if args.max_seconds and time.perf_counter() - t0 > args.max_seconds:
+            log.warning("validate: max_seconds reached after %d users", start)
+            break
+        for key, variant, steps in jobs:
+            if steps and start >= args.template_users:
+                continue
+            r = validate_variant(_gvm_cfg(args, variant=variant), llm, ds, rows=rows[start:start + args.chunk],
+                                 fixed_path=steps, grounding=g, item_emb=items)
+            a = acc[key]
+            a["scores"] += r["scores"]
+            a["cand"] += r["candidate_scores"]
+            a["ok"] += r["well_formed"]
+            a["seconds"] += r["seconds"]
+            a["tokens"] += r["generated_tokens"]
+            a["examples"] = a["examples"] or r["examples"]
+        res = {}
+        for key, _, steps in jobs:
+            a = acc[key]
+            m, se = mean_se(a["scores"])
+            cm, cse = mean_se(a["cand"])
+            res[key] = {"template": steps, "users": len(a["scores"]), "recall@20": m, "recall@20_se": se,
+                        "candidates_recall@20": cm, "candidates_recall@20_se": cse,
+                        "well_formed_rate": float(sum(a["ok"]) / max(len(a["ok"]), 1)), "seconds": a["seconds"],
+                        "generated_tokens": a["tokens"], "examples": a["examples"]}
+        write_json(out / "validate" / "progress.json", res)
+        log.info("validate after %d users: %s", start + args.chunk, json.dumps(
+            {k: (v["recall@20"], v["recall@20_se"], v["well_formed_rate"]) for k, v in res.items()}))
+    return res
+
+
+def stage_report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    from scoter.io import read_json
+
+    def load(name: str) -> Any:
+        p = out / "stages" / f"{name}.json"
+        return read_json(p) if p.exists() else None
+
+    speed, disc, teach, val = load("speed"), load("discover"), load("teacher"), load("validate")
+    if val is None and (out / "validate" / "progress.json").exists():
+        val = read_json(out / "validate" / "progress.json")
+    val = {k: v for k, v in (val or {}).items() if k not in ("stage", "command", "stage_wall_s")}
+    tr = (teach or {}).get("teacher", {})
+    return {
+        "benchmark": "reasoning", "dataset": args.dataset, "model": "SmolLM2-135M-Instruct (packaged GGUF, "
+        "de-quantised to float32, torch CPU)", "machine": f"{platform.machine()} 2-core CPU sandbox (shared)",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
+        "h_dir": str(out),
+        "tokens_per_s": tr.get("tokens_per_second"),
+        "chains": tr.get("accepted"), "chains_per_hour": tr.get("chains_per_hour"),
+        "well_formed_rate": None if not disc else 1 - disc["malformed_rate"],
+        "validate_recall@20": {k: v["recall@20"] for k, v in val.items()},
+        "validate_recall@20_se": {k: v["recall@20_se"] for k, v in val.items()},
+        "validate_well_formed_rate": {k: v["well_formed_rate"] for k, v in val.items()},
+        "validate_candidates_recall@20": {k: v.get("candidates_recall@20") for k, v in val.items()},
+        "validate_users": {k: v["users"] for k, v in val.items()},
+        "wall_s": {"discover": (disc or {}).get("wall_s"), **((teach or {}).get("times", {})),
+                   **{f"validate_{k}": v["seconds"] for k, v in val.items()}},
+        "speed": speed, "gvm": disc, "teacher_stage": teach, "validate": val,
+    }
+
+
+STAGES = {"speed": stage_speed, "discover": stage_discover, "teacher": stage_teacher, "validate": stage_validate,
+          "report": stage_report}
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", choices=list(STAGES), required=True)
     ap.add_argument("--dataset", default="beauty")
-    ap.add_argument("--gvm-users", type=int, default=48)
-    ap.add_argument("--teacher-users", type=int, default=100)
+    ap.add_argument("--out", default=None, help="default artifacts/<dataset>/reasoning_v2")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--gvm-users", type=int, default=32)
+    ap.add_argument("--max-steps", type=int, default=4, help="longest reasoning path / template")
     ap.add_argument("--template", default="discovered")
-    ap.add_argument("--fallback-template", default="beauty_paper",
-                    help="used (and recorded) when GVM finds no usable chain at all")
-    ap.add_argument("--step-max-tokens", type=int, default=24)
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--lora-steps", type=int, default=40)
-    ap.add_argument("--lora-seconds", type=float, default=420)
-    ap.add_argument("--lora-users", type=int, default=16)
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--publish-only", action="store_true",
-                    help="time `publish` of the existing H_test to --redis-url (results: beauty_reasoning_publish.json)")
-    ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    ap.add_argument("--reasoning-version", default="beauty-bench")
+    ap.add_argument("--teacher-users", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--validate-users", type=int, default=500)
+    ap.add_argument("--variants", default="grounded,plain,hindsight")
+    ap.add_argument("--templates", default="discovered,two_step,three_step,five_step")
+    ap.add_argument("--template-users", type=int, default=0, help="users per template comparison (0 = skip)")
+    ap.add_argument("--chunk", type=int, default=32, help="validate: users per variant per round")
+    ap.add_argument("--max-seconds", type=float, default=None, help="validate/teacher: stop new work after this")
+    ap.add_argument("--speed-prompts", type=int, default=32)
+    ap.add_argument("--speed-tokens", type=int, default=32)
     ap.add_argument("--results", default=str(REPO_ROOT / "benchmarks" / "results" / "beauty_reasoning.json"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    import numpy as np
     import torch
 
-    from offline.reasoning import corpus, pipeline
-    from offline.reasoning.config import (
-        DistillConfig,
-        EncoderStudentConfig,
-        GVMConfig,
-        LocalLLMConfig,
-        LoraStudentConfig,
-    )
-    from offline.reasoning.gvm import load_template, run_gvm
-    from offline.reasoning.io import read_json, write_json
-    from offline.reasoning.local_backend import LocalLLM
+    from scoter.io import write_json
 
     torch.set_num_threads(1)
-    out = Path(args.out or artifacts_root() / args.dataset / "reasoning")
+    out = Path(args.out or artifacts_root() / args.dataset / "reasoning_v2")
     out.mkdir(parents=True, exist_ok=True)
-    if args.publish_only:
-        publish_benchmark(args, out)
+    t0 = time.perf_counter()
+    result = STAGES[args.stage](args, out)
+    if args.stage == "report":
+        write_json(Path(args.results), result)
+        print(json.dumps({k: result[k] for k in ("tokens_per_s", "chains", "well_formed_rate",
+                                                 "validate_recall@20", "validate_recall@20_se")}, indent=1))
         return
-    times: dict[str, float] = {}
-    t = time.perf_counter()
-    ds = corpus.load(args.dataset)
-    llm = LocalLLM(LocalLLMConfig(batch_size=16), cache_path=out / "llm_cache.jsonl")
-    times["load_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    gvm_dir = out / "gvm"
-    template = args.template
-    if (gvm_dir / "report.json").exists():
-        gvm_report = read_json(gvm_dir / "report.json")
-    else:
-        try:
-            gvm_report = run_gvm(GVMConfig(dataset=args.dataset, users=args.gvm_users, reason_max_tokens=64,
-                                           recs_max_tokens=160), llm, ds, gvm_dir)
-        except ValueError as exc:  # every chain malformed: record it and distil with the fallback template
-            log.warning("GVM found no usable chain (%s); using template %s", exc, args.fallback_template)
-            gvm_report = read_json(gvm_dir / "report.json")
-    if template == "discovered" and not (gvm_dir / "template.json").exists():
-        template = args.fallback_template
-        gvm_report["template_source"] = f"fallback:{template}"
-    times["gvm_s"] = time.perf_counter() - t
-    gvm_tokens = (llm.generated_tokens, llm.generation_seconds)
-
-    steps = load_template(template, gvm_dir)
-    dcfg = DistillConfig(dataset=args.dataset, template=template, teacher_users=args.teacher_users,
-                         step_max_tokens=args.step_max_tokens)
-    t = time.perf_counter()
-    teacher = pipeline.run_teacher(llm, ds, steps, dcfg, out)
-    times["teacher_s"] = time.perf_counter() - t
-
-    ecfg = EncoderStudentConfig(epochs=args.epochs)
-    t = time.perf_counter()
-    student, srep = pipeline.train_encoder_student(ds, teacher, ecfg, out)
-    times["encoder_student_train_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    prep = pipeline.precompute_h(student, ds, out, ecfg)
-    times["precompute_h_all_users_s"] = time.perf_counter() - t
-    pipeline.write_meta(out, ds, steps, {"template_name": template, "gvm_template_source":
-                                         gvm_report.get("template_source")})
-    h_test = np.load(out / "H_test.npy", mmap_mode="r")
-
-    result = {
-        "benchmark": "reasoning", "dataset": args.dataset, "machine": "2-core CPU sandbox (shared)",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "command": "OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/reasoning.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "results"),
-        "llm": "SmolLM2-135M-Instruct (Q4_1 GGUF de-quantised, float32, 1 thread)",
-        "gvm": {k: gvm_report.get(k) for k in ("users", "generated", "malformed", "malformed_rate",
-                                               "malformed_by_reason", "pruned_near_duplicates", "scored",
-                                               "mean_recall_at_20", "template_source", "template", "times")},
-        "gvm_clusters": read_json(gvm_dir / "clusters.json") if (gvm_dir / "clusters.json").exists() else None,
-        "gvm_tokens_per_second": gvm_tokens[0] / gvm_tokens[1] if gvm_tokens[1] else None,
-        "teacher": teacher["report"], "encoder_student": srep,
-        "precompute": {**prep, "H_shape": list(h_test.shape),
-                       "users_per_second": (2 * ds.n_users) / max(times["precompute_h_all_users_s"], 1e-9)},
-        "h_dir": str(out), "times": times,
-    }
-    write_json(Path(args.results), result)  # written before the slow LoRA stage, updated after it
-    log.info("H ready in %s; running the LoRA student", out)
-
-    if args.lora_users > 0:
-        t = time.perf_counter()
-        lcfg = LoraStudentConfig(steps=args.lora_steps, max_seconds=args.lora_seconds)
-        lrep = pipeline.run_lora_student(ds, teacher, lcfg, dcfg, out, sample_users=args.lora_users)
-        lrep.pop("losses", None)
-        times["lora_student_s"] = time.perf_counter() - t
-        result["lora_student"] = lrep
-    result["times"] = times
-    write_json(Path(args.results), result)
-    print(json.dumps({k: result[k] for k in ("gvm", "times")}, indent=1, default=str))
-
-
-def publish_benchmark(args: argparse.Namespace, out: Path) -> None:
-    """Bulk load of every user's H_test (float16) plus histories into Redis, timed; then a resume pass."""
-    from offline.reasoning import corpus
-    from offline.reasoning.config import PublishConfig
-    from offline.reasoning.io import write_json
-    from offline.reasoning.publish import clear_progress, connect, load_h_dir, publish
-
-    h, present, ids = load_h_dir(out, "test")
-    ds = corpus.load(args.dataset)
-    ext = ds.external_ids()
-    hist = [[ext[i - 1] for i in corpus.history(s, "test")] for s in ds.sequences]
-    client, where = connect(args.redis_url)
-    cfg = PublishConfig(reasoning_version=args.reasoning_version, redis_url=args.redis_url, split="test")
-    clear_progress(client, cfg.reasoning_version)
-    first = publish(client, h, present, ids, cfg, histories=hist)
-    again = publish(client, h, present, ids, cfg, histories=hist)  # everything done: all batches skipped
-    result = {"benchmark": "reasoning_publish", "machine": "2-core CPU sandbox (shared)", "target": where,
-              "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "users": len(ids),
-              "K": int(h.shape[1]), "D": int(h.shape[2]), "dtype": cfg.dtype, "batch_size": cfg.batch_size,
-              "first_pass": first, "users_per_second": len(ids) / first["seconds"], "resume_pass": again,
-              "command": f"OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/reasoning.py --publish-only "
-                         f"--redis-url {args.redis_url} --reasoning-version {args.reasoning_version}"}
-    write_json(Path(args.results).with_name("beauty_reasoning_publish.json"), result)
-    print(json.dumps(result, indent=1))
+    result = {"stage": args.stage, "command": "OMP_NUM_THREADS=1 PYTHONPATH=. python " + " ".join(sys.argv),
+              "stage_wall_s": time.perf_counter() - t0, **result}
+    write_json(out / "stages" / f"{args.stage}.json", result)
+    log.info("stage %s done in %.0fs", args.stage, result["stage_wall_s"])
 
 
 if __name__ == "__main__":

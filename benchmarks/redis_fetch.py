@@ -1,35 +1,26 @@
 """Latency of the service's own reasoning fetch (the `ReasoningFetcher` MGET) with no HTTP server around it.
 
-The service benchmark measures the Redis stage at 0.5-0.7 ms when idle (10 req/s) but far less under load. This
-script separates the fetch from the service: the same client, the same value size, the same event loop (uvloop),
+The service benchmark measures a slower Redis stage when the service is idle than under load. This script separates the fetch from the service: the same client, the same value size, the same event loop (uvloop),
 once back-to-back and once paced at fixed rates, where the process (and redis-server) sleep between calls. If the
 paced fetch is as slow here as in the service, the cost is the machine waking two sleeping processes, not the
 service's code. Writes benchmarks/results/redis_fetch.json.
 
-    PYTHONPATH=. python benchmarks/redis_fetch.py --redis-url redis://127.0.0.1:6379/0
+    python -m benchmarks.redis_fetch --redis-url redis://127.0.0.1:6379/0
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import uvloop
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.service_latency import latency_ms  # noqa: E402
-from scoter.io import write_json_atomic  # noqa: E402
-from scoter.provenance import git_commit  # noqa: E402
-from scoter.reasoning_store import encode, reasoning_key  # noqa: E402
-from service.reasoning_fetch import CircuitBreaker, ReasoningFetcher, ReasoningSpec, make_client  # noqa: E402
+from benchmarks.harness import RESULTS, latency_ms, provenance, write_result
+from scoter.reasoning_store import encode, reasoning_key
+from service.reasoning_fetch import CircuitBreaker, ReasoningFetcher, ReasoningSpec, make_client
 
 VERSION = "bench-redis-fetch"
 
@@ -82,17 +73,14 @@ def main() -> int:
     p.add_argument("--rates", type=float, nargs="+", default=[10.0, 50.0, 200.0])
     p.add_argument("--k", type=int, default=5, help="reasoning steps (the Beauty SCoTER-H bundle: 5)")
     p.add_argument("--d", type=int, default=384, help="reasoning dimension (the Beauty SCoTER-H bundle: 384)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/redis_fetch.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "redis_fetch.json")
     args = p.parse_args()
     result = uvloop.run(measure(args.redis_url, args.users, args.calls, args.rates, args.k, args.d))
-    report = {"benchmark": "redis_fetch", "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-              "machine": f"{platform.machine()} {platform.node()}, 2-core CPU sandbox (shared)",
-              "git_commit": git_commit(), "command": " ".join(["python", *sys.argv]),
+    report = {"benchmark": "redis_fetch", **provenance(),
               "event_loop": "uvloop", "client": "redis-py asyncio + hiredis (service.reasoning_fetch)", **result}
-    write_json_atomic(args.out, report)
+    write_result(args.out, report)
     for name, v in result.items():
         print(name, v)
-    print("wrote", args.out)
     return 0
 
 

@@ -1,11 +1,11 @@
 """Benchmark: where SCoTER helps (paper Fig. 4) and how sensitive it is to lambda (paper Fig. 5).
 
 1. Relative gain of SCoTER over its backbone per user-length group and per target-item popularity quartile
-   (group 0 = sparsest), read from a finished `beauty_scoter.py` / `scoter train scoter` run folder's
+   (group 0 = sparsest), read from a finished `benchmarks.beauty_scoter` / `scoter train scoter` run folder's
    comparison.json -> PNG + JSON.
 2. The contrastive weight sweep lambda in {0.02, 0.05, 0.1, 0.2, 0.5}: one SCoTER run each (shared baseline).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/robustness.py --backbone hstu --max-users 2000 --epochs 10 \
+    OMP_NUM_THREADS=1 python -m benchmarks.robustness --backbone hstu --max-users 2000 --epochs 10 \
         [--run artifacts/beauty/bench/default/scoter-hstu] [--lambdas 0.02,0.05,0.1,0.2,0.5] [--no-sweep]
 Writes benchmarks/results/<dataset>_robustness_<backbone>_<tag>.{json,png}.
 """
@@ -25,8 +25,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.beauty_scoter import RESULTS, add_args, provenance, run_config, write_json  # noqa: E402
-from offline.scoter_train import baseline_dir, run_scoter  # noqa: E402
+from benchmarks.harness import RESULTS, write_result  # noqa: E402
+from benchmarks.scoter_runs import add_args, run_config, run_provenance  # noqa: E402
+from offline.fusion.experiments import baseline_dir, run_scoter  # noqa: E402
 from scoter.io import atomic_write  # noqa: E402
 from scoter.paths import artifacts_root  # noqa: E402
 
@@ -110,10 +111,10 @@ def main() -> int:
             res = run_scoter(cfg)
             sweep[lam] = {"test": res["scoter_test"], "gain": res.get("gain_h_present")}
             doc["lambda_sweep"] = sweep
-            doc.update(provenance(args, started))
-            write_json(RESULTS / f"{stem}.json", doc)
-    doc.update(provenance(args, started))
-    write_json(RESULTS / f"{stem}.json", doc)
+            doc.update(run_provenance(args, started))
+            write_result(RESULTS / f"{stem}.json", doc)
+    doc.update(run_provenance(args, started))
+    write_result(RESULTS / f"{stem}.json", doc)
     plot(doc["subgroup_gain_recall@10"], sweep or None, RESULTS / f"{stem}.png",
          f"SCoTER-{args.backbone[0].upper()} vs {args.backbone.upper()} on {args.dataset} "
          f"(H: {doc['reasoning_source'][:60]})")

@@ -1,401 +1,52 @@
-"""Service latency benchmark: uvicorn (separate process) + real Redis + a bundle, load from httpx (one process).
+"""Service latency: `scoter serve` (a separate process) + real Redis + a bundle, under open-loop load from one
+client process (benchmarks/open_loop.py). Steps through rising rates and reports per rate: achieved throughput,
+p50/p95/p99, error rate (non-2xx or transport error), and the server's per-stage breakdown (queue, redis,
+inference, total, http). Also: the service overhead at low load (total - inference, as a share of inference), the
+Redis fetch p99, and a Redis-down run (store URL pointing at a closed port). Writes benchmarks/results/service.json.
 
-Default mode `open`: an open-loop load generator. Requests are sent on a fixed schedule (Poisson or constant
-rate) and each latency is measured from the request's *intended* send time, so queueing in the client or the
-server is not hidden (no coordinated omission). Steps through rising rates and reports per rate: achieved
-throughput, p50/p95/p99, error rate (non-2xx or transport error), and the server's own per-stage breakdown
-(queue, redis, inference, total) from its Prometheus histograms, diffed between /metrics scrapes taken before
-and after the step. Also: service overhead at low load (total - inference, as a share of inference), Redis
-fetch p99, and a Redis-down run (store URL pointing at a closed port). Writes benchmarks/results/service.json.
-
-Mode `closed`: the older fixed-concurrency run (hit / miss / redis_down scenarios), written to
-benchmarks/results/service_latency.json.
-
-    PYTHONPATH=. python benchmarks/service_latency.py                  # tiny fixture bundle, fixture users
-    PYTHONPATH=. python benchmarks/service_latency.py --bundle artifacts/demo/bundles/scoter-hstu \
+    python -m benchmarks.service_latency                                # tiny testing bundle, seeded users
+    python -m benchmarks.service_latency --bundle artifacts/demo/bundles/scoter-hstu \
         --users 1-2000 --reasoning-version demo-v1                      # real bundle, H already in Redis
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import datetime as dt
 import json
 import logging
-import os
-import platform
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import numpy as np
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from scoter.bundle import load_bundle  # noqa: E402
-from scoter.io import write_json_atomic  # noqa: E402
-from scoter.provenance import git_commit  # noqa: E402
-from scoter.reasoning_store import encode, reasoning_key  # noqa: E402
+from benchmarks.harness import (
+    RESULTS,
+    describe_bundle,
+    free_port,
+    parse_users,
+    provenance,
+    resolve_bundle,
+    start_server,
+    stop_server,
+    write_result,
+)
+from benchmarks.open_loop import run_step
+from scoter.reasoning_store import encode, reasoning_key
 
 log = logging.getLogger("service_latency")
 
 
-
-def resolve_bundle(bundle: Path | None, tmp: Path) -> tuple[Path, object, list[str]]:
-    """The bundle to serve (the small fixture bundle when none is given), its manifest and item ids."""
-    if bundle is None:
-        from tests.service.bundle_builder import build_bundle
-
-        bundle = tmp / "tiny"
-        build_bundle(bundle, n_items=2000, d=64, k=4, d_reason=64, max_len=20, beam=20)
-    manifest, _ = load_bundle(bundle)
-    return bundle, manifest, json.loads((bundle / "items.json").read_text())
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(bundle: Path, env_extra: dict[str, str], port: int, workers: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env_extra}
-    cmd = [sys.executable, "-m", "scoter.cli", "serve", "--bundle", str(bundle), "--port", str(port),
-           "--workers", str(workers), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server not ready in 120 s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-async def load(url: str, bodies: list[dict], concurrency: int) -> tuple[list[float], dict[int, int], float]:
-    """Send every body with at most `concurrency` in flight; returns latencies (s), status counts, wall time."""
-    latencies: list[float] = []
-    codes: dict[int, int] = {}
-    queue: asyncio.Queue[dict] = asyncio.Queue()
-    for b in bodies:
-        queue.put_nowait(b)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-        async def worker() -> None:
-            while not queue.empty():
-                body = queue.get_nowait()
-                t0 = time.perf_counter()
-                r = await client.post("/v1/recommendations", json=body)
-                latencies.append(time.perf_counter() - t0)
-                codes[r.status_code] = codes.get(r.status_code, 0) + 1
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    return latencies, codes, wall
-
-
-def server_stats(url: str) -> dict:
-    """Mean of each stage histogram and of the batch size, from the server's /metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    reasoning: dict[str, float] = {}
-    errors: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name in ("scoter_stage_seconds_sum", "scoter_stage_seconds_count"):
-                key = s.labels["stage"]
-                (sums if s.name.endswith("_sum") else counts)[key] = (
-                    (sums if s.name.endswith("_sum") else counts).get(key, 0) + s.value)
-            elif s.name in ("scoter_batch_size_sum", "scoter_batch_size_count"):
-                key = "batch_size"
-                (sums if s.name.endswith("_sum") else counts)[key] = s.value
-            elif s.name == "scoter_errors_total":
-                errors[s.labels["kind"]] = errors.get(s.labels["kind"], 0) + s.value
-            elif s.name == "scoter_reasoning_total":
-                reasoning[s.labels["status"]] = reasoning.get(s.labels["status"], 0) + s.value
-    means = {f"mean_{k}_ms" if k != "batch_size" else "mean_batch_size":
-             (sums[k] / counts[k] * (1000 if k != "batch_size" else 1)) if counts.get(k) else None for k in sums}
-    return {**{k: (round(v, 3) if v is not None else None) for k, v in means.items()}, "reasoning": reasoning,
-            "errors": errors}
-
-
-def latency_ms(latencies_s, digits: int = 3) -> dict[str, float]:
-    """p50 / p95 / p99 / mean in milliseconds of latencies given in seconds."""
-    ms = np.asarray(latencies_s, dtype=float) * 1000
-    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
-    return {"p50_ms": round(float(p50), digits), "p95_ms": round(float(p95), digits),
-            "p99_ms": round(float(p99), digits), "mean_ms": round(float(ms.mean()), digits)}
-
-
-def summarize(latencies: list[float], codes: dict[int, int], wall: float) -> dict:
-    return {"requests": len(latencies), "status_codes": {str(k): v for k, v in sorted(codes.items())},
-            "wall_s": round(wall, 3), "requests_per_s": round(len(latencies) / wall, 1), **latency_ms(latencies)}
-
-
 def add_server_args(p: argparse.ArgumentParser) -> None:
-    """The served bundle and the server settings both modes pass to `scoter serve`."""
-    p.add_argument("--bundle", type=Path, help="exported bundle (default: build the tiny test bundle)")
+    """The served bundle and the server settings passed to `scoter serve`."""
+    p.add_argument("--bundle", type=Path, help="exported bundle (default: build the tiny testing bundle)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=0.0)
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument("--redis-deadline-ms", type=float, default=25.0, help="the service's store-fetch budget")
-
-
-def closed_main(argv: list[str] | None = None) -> int:
-    """The fixed-concurrency (closed-loop) run: hit / miss / redis_down."""
-    p = argparse.ArgumentParser(description="closed-loop service latency")
-    add_server_args(p)
-    p.add_argument("--requests", type=int, default=2000)
-    p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--users", type=int, default=1000)
-    p.add_argument("--scenarios", default="hit,miss,redis_down")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/service_latency.json")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-    tmp = Path(tempfile.mkdtemp(prefix="scoter-bench-"))
-    bundle, manifest, items = resolve_bundle(args.bundle, tmp)
-    rng = np.random.default_rng(0)
-    users = [f"bench-{uuid.uuid4().hex[:6]}-{i}" for i in range(args.users)]
-    version = f"bench-{uuid.uuid4().hex[:8]}"
-    bodies = []
-    for i in range(args.requests):
-        n = int(rng.integers(1, manifest.max_history + 1))
-        bodies.append({"user_id": users[i % len(users)], "k": min(10, manifest.default_beam),
-                       "history": [items[j] for j in rng.integers(0, len(items), n)]})
-
-    r = redis.Redis.from_url(args.redis_url)
-    keys = [reasoning_key(version, u) for u in users]
-    pipe = r.pipeline(transaction=False)
-    for key in keys:
-        pipe.set(key, encode(rng.normal(size=(manifest.reasoning_steps, manifest.reasoning_dim))))
-    pipe.execute()
-    log.info("seeded %d reasoning values under version %s", len(keys), version)
-
-    scenarios = {
-        "hit": {"SCOTER_REASONING_VERSION": version, "SCOTER_REDIS_URL": args.redis_url},
-        "miss": {"SCOTER_REASONING_VERSION": f"{version}-absent", "SCOTER_REDIS_URL": args.redis_url},
-        "redis_down": {"SCOTER_REASONING_VERSION": version, "SCOTER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
-    }
-    results = {}
-    try:
-        for name in args.scenarios.split(","):
-            env = {**scenarios[name], "SCOTER_MAX_BATCH": str(args.max_batch),
-                   "SCOTER_MAX_WAIT_MS": str(args.max_wait_ms), "SCOTER_QUEUE_CAPACITY": "4096",
-                   "SCOTER_REDIS_DEADLINE_MS": str(args.redis_deadline_ms)}
-            port = free_port()
-            proc = start_server(bundle, env, port, args.workers)
-            url = f"http://127.0.0.1:{port}"
-            try:
-                asyncio.run(load(url, bodies[: min(200, len(bodies))], args.concurrency))  # warm connections
-                lat, codes, wall = asyncio.run(load(url, bodies, args.concurrency))
-                results[name] = {**summarize(lat, codes, wall), "server": server_stats(url)}
-                log.info("%s: %s", name, json.dumps(results[name]))
-            finally:
-                stop_server(proc)
-    finally:
-        r.delete(*keys)
-
-    out = {
-        "benchmark": "service_latency",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"2-core CPU sandbox ({platform.processor() or platform.machine()}, {os.cpu_count()} cpus)",
-        "git_commit": git_commit(),
-        "bundle": str(args.bundle) if args.bundle else "tiny fixture (2000 items, T=20, K=4, D=64, beam=20)",
-        "model": {"model_id": manifest.model_id, "max_history": manifest.max_history,
-                  "K": manifest.reasoning_steps, "D": manifest.reasoning_dim, "beam": manifest.default_beam},
-        "settings": {"requests": args.requests, "concurrency": args.concurrency, "workers": args.workers,
-                     "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "users": args.users,
-                     "redis_deadline_ms": args.redis_deadline_ms},
-        "results": results,
-    }
-    write_json_atomic(args.out, out)
-    log.info("wrote %s", args.out)
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------- open loop
-
-STAGES = ("queue", "redis", "inference", "total", "http")
-# "http": the instrumentator's whole-request time for the recommendation route inside the server (body read, JSON
-# parsing, validation, the handler = "total", response serialisation); only the HTTP parser and TCP sit outside it.
-HTTP_HANDLER = "/v1/recommendations"
-
-
-def scrape(url: str) -> dict:
-    """Cumulative stage histograms {stage: {"buckets": {le: count}, "sum", "count"}}, counters by label."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    hist: dict[str, dict] = {st: {"buckets": {}, "sum": 0.0, "count": 0.0} for st in STAGES}
-    counters: dict[str, dict[str, float]] = {"reasoning": {}, "rejections": {}, "errors": {}}
-    names = {"scoter_reasoning_total": ("reasoning", "status"), "scoter_rejections_total": ("rejections", "reason"),
-             "scoter_errors_total": ("errors", "kind")}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            stage = None
-            if s.name.startswith("scoter_stage_seconds"):
-                stage = s.labels["stage"]
-            elif s.name.startswith("http_request_duration_seconds") and s.labels.get("handler") == HTTP_HANDLER:
-                stage = "http"
-            if stage is not None:
-                h = hist.setdefault(stage, {"buckets": {}, "sum": 0.0, "count": 0.0})
-                if s.name.endswith("_bucket"):
-                    le = float(s.labels["le"])
-                    h["buckets"][le] = h["buckets"].get(le, 0.0) + s.value
-                elif s.name.endswith("_sum"):
-                    h["sum"] += s.value
-                elif s.name.endswith("_count"):
-                    h["count"] += s.value
-            elif s.name in names:
-                group, label = names[s.name]
-                counters[group][s.labels[label]] = counters[group].get(s.labels[label], 0.0) + s.value
-    return {"hist": hist, "counters": counters}
-
-
-def hist_quantile(buckets: dict[float, float], q: float) -> float | None:
-    """Prometheus-style histogram_quantile over cumulative buckets (linear within a bucket)."""
-    items = sorted(buckets.items())
-    if not items or items[-1][1] <= 0:
-        return None
-    total = items[-1][1]
-    rank = q * total
-    prev_le, prev_c = 0.0, 0.0
-    for le, c in items:
-        if c >= rank:
-            if le == float("inf"):
-                return prev_le
-            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0.0)
-        prev_le, prev_c = le, c
-    return prev_le
-
-
-def stage_diff(before: dict, after: dict) -> dict:
-    """Per stage: n, mean, p50/p95/p99 (ms) of the observations made between two scrapes."""
-    out: dict[str, dict] = {}
-    for st in STAGES:
-        a, b = after["hist"].get(st), before["hist"].get(st, {"buckets": {}, "sum": 0.0, "count": 0.0})
-        if a is None:
-            continue
-        n = a["count"] - b["count"]
-        buckets = {le: c - b["buckets"].get(le, 0.0) for le, c in a["buckets"].items()}
-        row: dict = {"n": int(n), "mean_ms": round((a["sum"] - b["sum"]) / n * 1000, 3) if n else None}
-        for q in (0.5, 0.95, 0.99):
-            v = hist_quantile(buckets, q)
-            row[f"p{int(q * 100)}_ms"] = round(v * 1000, 3) if v is not None else None
-        out[st] = row
-    counters = {g: {k: int(v - before["counters"][g].get(k, 0.0)) for k, v in d.items()
-                    if v - before["counters"][g].get(k, 0.0)} for g, d in after["counters"].items()}
-    return {"stages": out, **counters}
-
-
-def schedule(rate: float, duration_s: float, arrivals: str, rng: np.random.Generator) -> np.ndarray:
-    """Intended send offsets (s) for one step: Poisson (exponential gaps) or constant rate."""
-    n = int(rate * duration_s)
-    if arrivals == "constant":
-        return np.arange(n) / rate
-    return np.cumsum(rng.exponential(1.0 / rate, size=n))
-
-
-@contextlib.asynccontextmanager
-async def poster(url: str, timeout_s: float, client: str) -> AsyncIterator[Callable[[dict], Awaitable[str]]]:
-    """`post(body) -> status code or error name` over one pooled client. aiohttp (default) spends 2.8x less
-    CPU per request than httpx (benchmarks/client_cost.py); with the generator on the server's cores, every bit of its CPU is taken from the server."""
-    path = "/v1/recommendations"
-    if client == "aiohttp":
-        import aiohttp
-
-        conn = aiohttp.TCPConnector(limit=1024)
-        async with aiohttp.ClientSession(url, connector=conn, timeout=aiohttp.ClientTimeout(total=timeout_s)) as s:
-            async def post(body: dict) -> str:
-                try:
-                    async with s.post(path, data=json.dumps(body), headers=JSON_HEADERS) as r:
-                        await r.read()
-                        return str(r.status)
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    return type(exc).__name__
-            yield post
-        return
-    limits = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as hc:
-        async def post(body: dict) -> str:
-            try:
-                return str((await hc.post(path, json=body)).status_code)
-            except httpx.HTTPError as exc:
-                return type(exc).__name__
-        yield post
-
-
-JSON_HEADERS = {"content-type": "application/json"}
-
-
-async def open_loop(url: str, bodies: list[dict], offsets: np.ndarray, timeout_s: float,
-                    client: str = "aiohttp") -> dict:
-    """Fire body i at start + offsets[i] whatever happened to earlier requests; latency from that intended time."""
-    latencies = np.full(len(offsets), np.nan)
-    lags = np.zeros(len(offsets))
-    codes: dict[str, int] = {}
-    async with poster(url, timeout_s, client) as post:
-        async def one(i: int, intended: float) -> None:
-            lags[i] = time.perf_counter() - intended
-            key = await post(bodies[i % len(bodies)])
-            latencies[i] = time.perf_counter() - intended
-            codes[key] = codes.get(key, 0) + 1
-
-        tasks = []
-        start = time.perf_counter() + 0.05
-        for i, off in enumerate(offsets):
-            intended = start + float(off)
-            delay = intended - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, intended)))
-        await asyncio.gather(*tasks)
-        wall = time.perf_counter() - start
-    ok = sum(v for k, v in codes.items() if k.startswith("2"))
-    return {
-        "offered_rps": round(len(offsets) / float(offsets[-1]), 1) if len(offsets) > 1 else None,
-        "requests": len(offsets), "achieved_rps": round(ok / wall, 1), "wall_s": round(wall, 2),
-        "status_codes": dict(sorted(codes.items())), "error_rate": round(1 - ok / len(offsets), 4),
-        **latency_ms(latencies, digits=2), "max_ms": round(float(np.max(latencies)) * 1000, 2),
-        "client_send_lag_p99_ms": round(float(np.percentile(lags, 99) * 1000), 2),
-    }
-
-
-def run_step(url: str, bodies: list[dict], rate: float, duration_s: float, arrivals: str,
-             rng: np.random.Generator, timeout_s: float, client: str = "aiohttp") -> dict:
-    before = scrape(url)
-    res = asyncio.run(open_loop(url, bodies, schedule(rate, duration_s, arrivals, rng), timeout_s, client))
-    after = scrape(url)
-    return {"rate": rate, **res, "server": stage_diff(before, after)}
 
 
 def median_over_repeats(steps: list[dict]) -> list[dict]:
@@ -412,17 +63,7 @@ def median_over_repeats(steps: list[dict]) -> list[dict]:
     return rows
 
 
-def parse_users(spec: str | None, n: int) -> list[str] | None:
-    """'1-2000' -> ['1', ..., '2000']; a comma list as is; None -> the benchmark seeds its own users."""
-    if spec is None:
-        return None
-    if "-" in spec and "," not in spec:
-        lo, hi = (int(x) for x in spec.split("-"))
-        return [str(i) for i in range(lo, hi + 1)]
-    return spec.split(",")
-
-
-def open_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="open-loop service load test")
     add_server_args(p)
     p.add_argument("--rates", default="25,50,100,150,200,300", help="requests/s per step")
@@ -441,7 +82,7 @@ def open_main(argv: list[str] | None = None) -> int:
     p.add_argument("--slo-p99-ms", type=float, default=50.0)
     p.add_argument("--skip-redis-down", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/service.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "service.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -450,7 +91,7 @@ def open_main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="scoter-bench-"))
     bundle, manifest, items = resolve_bundle(args.bundle, tmp)
     r = redis.Redis.from_url(args.redis_url)
-    users = parse_users(args.users, args.n_users)
+    users = parse_users(args.users)
     seeded: list[str] = []
     if users is None:
         version = f"bench-{uuid.uuid4().hex[:8]}"
@@ -538,15 +179,10 @@ def open_main(argv: list[str] | None = None) -> int:
         if seeded:
             r.delete(*seeded)
 
-    old = ROOT / "benchmarks/results/service_latency.json"
     result = {
         "benchmark": "service_open_loop",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"CPU sandbox shared with other jobs ({platform.processor() or platform.machine()}, "
-                   f"{os.cpu_count()} cpus); server and load generator on the same machine",
-        "git_commit": git_commit(),
-        "bundle": str(args.bundle) if args.bundle else "tiny fixture (2000 items, T=20, K=4, D=64, beam=20)",
+        **provenance(setup="server and load generator on the same machine"),
+        "bundle": describe_bundle(args.bundle),
         "model": {"model_id": manifest.model_id, "backbone": manifest.backbone, "n_items": manifest.n_items,
                   "max_history": manifest.max_history, "K": manifest.reasoning_steps,
                   "D": manifest.reasoning_dim, "beam": manifest.default_beam},
@@ -559,19 +195,11 @@ def open_main(argv: list[str] | None = None) -> int:
                      "users": len(users), "reasoning_version": version, "seed": args.seed,
                      "client": args.client},
         **out,
-        "closed_loop": json.loads(old.read_text()) if old.exists() else None,
     }
-    write_json_atomic(args.out, result)
-    log.info("wrote %s", args.out)
+    write_result(args.out, result)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], add_help=False)
-    p.add_argument("--mode", choices=("open", "closed"), default="open")
-    args, rest = p.parse_known_args(argv)
-    return open_main(rest) if args.mode == "open" else closed_main(rest)
-
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,13 +1,13 @@
 """Paired low-load comparison of two service builds: where a change to the request path moves the overhead.
 
-Single low-load runs of `service_latency.py` differ by 1-2 points of overhead from one minute to the next on this
-shared VM, more than most single changes to the request path. This script starts two servers side by side (A and
+Single low-load runs of `benchmarks.service_latency` drift by more from one minute to the next on a shared machine
+than most single changes to the request path move the overhead. This script starts two servers side by side (A and
 B: two checkouts of the repository, or one with two sets of `SCOTER_*` settings) and sends the same open-loop
 load to them in alternating slices (A B B A A B ...), so machine noise lands on both alike. Per build it reports
-the request-weighted mean of each server stage (from the Prometheus histograms, as in `service_latency.py`) and
+the request-weighted mean of each server stage (from the Prometheus histograms, benchmarks/open_loop.py) and
 the overhead: `total - inference` (the handler) and `http - inference` (the whole request inside the server).
 
-    PYTHONPATH=. python benchmarks/service_overhead_ab.py --bundle artifacts/bundles/scoter-hstu-cpu45 \\
+    python -m benchmarks.service_overhead_ab --bundle artifacts/bundles/scoter-hstu-cpu45 \\
         --users 1-22363 --reasoning-version beauty-cpu45 --b-env SCOTER_FAST_PATH=false --out ...json
     # another checkout as B (git worktree add /tmp/base <commit>):  --b-root /tmp/base
 """
@@ -15,22 +15,15 @@ the overhead: `total - inference` (the handler) and `http - inference` (the whol
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
-import os
-import platform
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import service_latency as sl  # noqa: E402
-from scoter.io import write_json_atomic  # noqa: E402
+from benchmarks import harness
+from benchmarks.open_loop import run_step
 
 log = logging.getLogger("service_overhead_ab")
 
@@ -77,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", required=True, help="user ids with H in the store, e.g. 1-22363")
     p.add_argument("--reasoning-version", required=True)
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    p.add_argument("--a-root", type=Path, default=ROOT, help="checkout that serves A (default: this one)")
-    p.add_argument("--b-root", type=Path, default=ROOT, help="checkout that serves B")
+    p.add_argument("--a-root", type=Path, default=harness.ROOT, help="checkout that serves A (default: this one)")
+    p.add_argument("--b-root", type=Path, default=harness.ROOT, help="checkout that serves B")
     p.add_argument("--a-env", default="", help="SCOTER_* settings for A, K=V,K=V")
     p.add_argument("--b-env", default="", help="SCOTER_* settings for B")
     p.add_argument("--rate", type=float, default=10.0)
@@ -89,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     builds = {"A": (args.a_root.resolve(), parse_env(args.a_env)), "B": (args.b_root.resolve(), parse_env(args.b_env))}
-    bundle, _, items = sl.resolve_bundle(args.bundle, Path("."))
+    bundle, _, items = harness.resolve_bundle(args.bundle, Path("."))
     rng = np.random.default_rng(args.seed)
-    users = sl.parse_users(args.users, 0)
+    users = harness.parse_users(args.users)
     bodies = [{"user_id": users[int(rng.integers(len(users)))], "k": 10,
                "history": [items[j] for j in rng.integers(0, len(items), int(rng.integers(1, 21)))]}
               for _ in range(5000)]
@@ -99,41 +92,38 @@ def main(argv: list[str] | None = None) -> int:
     procs, urls = {}, {}
     try:
         for name, (root, env) in builds.items():
-            sl.ROOT = root  # start_server runs `scoter serve` from this checkout (cwd and PYTHONPATH)
-            port = sl.free_port()
-            procs[name] = sl.start_server(bundle.resolve(), {**base, **env}, port, 1)
+            port = harness.free_port()  # `scoter serve` runs from this build's checkout (cwd and PYTHONPATH)
+            procs[name] = harness.start_server(bundle.resolve(), {**base, **env}, port, 1, root=root)
             urls[name] = f"http://127.0.0.1:{port}"
             log.info("build %s: %s %s on %s", name, root, env, urls[name])
         for name in builds:
-            sl.run_step(urls[name], bodies, 20, 3, "constant", rng, 5.0)  # warm both
+            run_step(urls[name], bodies, 20, 3, "constant", rng, 5.0)  # warm both
         slices: dict[str, list[dict]] = {"A": [], "B": []}
         for i in range(args.slices):
             for name in ("AB" if i % 2 == 0 else "BA"):
-                step = sl.run_step(urls[name], bodies, args.rate, args.slice_s, "poisson", rng, 5.0)
+                step = run_step(urls[name], bodies, args.rate, args.slice_s, "poisson", rng, 5.0)
                 if step["error_rate"]:
                     raise SystemExit(f"build {name}: errors {step['status_codes']}")
                 slices[name].append(step["server"]["stages"])
             log.info("slice %d/%d done", i + 1, args.slices)
     finally:
         for proc in procs.values():
-            sl.stop_server(proc)
+            harness.stop_server(proc)
     result: dict = {}
     for name, (root, env) in builds.items():
         means = weighted(slices[name])
         result[name] = {"root": str(root), "commit": commit_of(root), "env": env, "stage_mean_ms": means,
                         **summary(means)}
         log.info("%s: %s", name, json.dumps(result[name]))
-    out = {"benchmark": "service_overhead_ab", "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-           "machine": f"{platform.machine()} VM, {os.cpu_count()} CPUs, shared; servers, load generator and "
-                      "Redis on the same machine",
-           "command": " ".join(["python benchmarks/service_overhead_ab.py", *sys.argv[1:]]),
+    out = {"benchmark": "service_overhead_ab",
+           **harness.provenance(setup="servers, load generator and Redis on the same machine"),
            "method": f"two servers side by side, alternating {args.slice_s:g}-s open-loop slices (ABBA...) at "
                      f"{args.rate:g} req/s, {args.slices} per build; request-weighted stage means",
            "builds": result,
            "difference_a_minus_b_ms": {
                "handler_overhead": round(result["A"]["handler_overhead_ms"] - result["B"]["handler_overhead_ms"], 4),
                "http_overhead": round(result["A"]["http_overhead_ms"] - result["B"]["http_overhead_ms"], 4)}}
-    write_json_atomic(args.out, out)
+    harness.write_result(args.out, out)
     print(json.dumps(out["difference_a_minus_b_ms"]))
     return 0
 

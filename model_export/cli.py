@@ -27,13 +27,25 @@ def _export(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     src = load_ranking_source(args.checkpoint, args.codes, args.dataset, args.beam, args.reasoning_steps)
+    reasoning_version = args.reasoning_version
+    if reasoning_version is None:
+        if src.provenance["fused"]:
+            raise ValueError("--reasoning-version: required for a SCoTER checkpoint: the version its H was "
+                             "published under (`scoter reason publish --reasoning-version V`); without it every "
+                             "request would be served as a reasoning miss")
+        reasoning_version = "none"
     config = ExportConfig(
         model_id=args.model_id or f"scoter-{src.backbone}-{src.provenance['dataset']}",
-        model_version=args.model_version, reasoning_version=args.reasoning_version, opset=args.opset,
+        model_version=args.model_version, reasoning_version=reasoning_version, opset=args.opset,
         fp16=not args.no_fp16, int8=not args.no_int8, overwrite=args.overwrite,
     )
     manifest = export_bundle(src, args.out, config)
-    print(json.dumps({"bundle": str(args.out), "model_id": manifest.model_id, "graphs": manifest.graphs}))
+    sizes = {name: (args.out / name).stat().st_size for name in manifest.files}
+    log.info("wrote bundle %s: %d files, %.1f MiB (%s)", args.out, len(sizes), sum(sizes.values()) / 2**20,
+             ", ".join(f"{n} {b / 2**20:.1f} MiB" for n, b in sorted(sizes.items(), key=lambda kv: -kv[1])[:4]))
+    print(json.dumps({"bundle": str(args.out), "model_id": manifest.model_id, "graphs": manifest.graphs,
+                      "reasoning_version": manifest.reasoning_version, "items": manifest.n_items,
+                      "bytes": sum(sizes.values())}))
     return 0
 
 
@@ -71,13 +83,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export a trained model to an ONNX bundle (or verify one)")
     p.add_argument("--checkpoint", type=Path, help="backbone/fusion checkpoint (best.pt)")
     p.add_argument("--out", type=Path, help="bundle directory to create (written atomically)")
-    p.add_argument("--codes", type=Path, help="semantic IDs .npz (default: artifacts/<dataset>/semantic_ids_rqvae.npz)")
-    p.add_argument("--dataset", help="dataset name (default: the one in the checkpoint)")
+    p.add_argument("--codes", type=Path,
+                   help="semantic IDs .npz (default: $SCOTER_ARTIFACTS/<dataset>/semantic_ids_{rqvae,rqkmeans}.npz)")
+    p.add_argument("--dataset", help="dataset name (default: the one recorded by the checkpoint's run)")
     p.add_argument("--beam", type=int, default=20)
     p.add_argument("--reasoning-steps", type=int, help="K (default: from the checkpoint, else 4)")
     p.add_argument("--model-id")
     p.add_argument("--model-version", default="1")
-    p.add_argument("--reasoning-version", default="none")
+    p.add_argument("--reasoning-version", default=None,
+                   help="the version `scoter reason publish` wrote the H (and histories) under; the service reads "
+                        "scoter:h:{version}:{user} and scoter:hist:{version}:{user} (default: required for SCoTER "
+                        "checkpoints, 'none' for plain backbones)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--no-fp16", action="store_true", help="skip the fp16 graph")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 CPU graph")

@@ -4,6 +4,8 @@ ETA. Any model's training loop can use these so runs are reproducible and resuma
 from __future__ import annotations
 
 import logging
+import pathlib
+import pickle
 import random
 import time
 from dataclasses import dataclass
@@ -15,7 +17,19 @@ import torch
 
 from scoter.io import atomic_write
 
-__all__ = ["EarlyStopping", "EpochTimer", "load_checkpoint", "save_checkpoint", "seed_everything"]
+try:
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+
+__all__ = [
+    "EarlyStopping",
+    "EpochTimer",
+    "load_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+    "seed_everything",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +52,45 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto` = CUDA when present, else CPU; a CUDA device asked for on a machine without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
     """torch.save to a temp file in the same folder, then rename: a crash never leaves a half-written file."""
     with atomic_write(path) as tmp:
         torch.save(state, tmp)
 
 
+# What our checkpoints hold besides tensors and plain containers: numpy's RNG state (an ndarray, pickled under
+# numpy 2's and numpy 1's module names) and the paths in config dumps. Nothing else is unpickled.
+CHECKPOINT_GLOBALS: list[Any] = [
+    np.dtype,
+    *(getattr(np.dtypes, name) for name in np.dtypes.__all__),  # dtype classes (the RNG state's is uint32)
+    np.ndarray,
+    (_np_reconstruct, "numpy._core.multiarray._reconstruct"),
+    (_np_reconstruct, "numpy.core.multiarray._reconstruct"),
+    pathlib.PosixPath,
+]
+
+
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
-    """Load a checkpoint written by `save_checkpoint` (CPU tensors; our own files, so full unpickling)."""
+    """Load a checkpoint (CPU tensors) with `weights_only=True`: a file from elsewhere cannot run code; the
+    globals our own checkpoints need are allow-listed in CHECKPOINT_GLOBALS."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(CHECKPOINT_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        raise ValueError(f"{path}: refused, it holds more than tensors and plain data ({reason})") from exc
 
 
 @dataclass

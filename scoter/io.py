@@ -14,7 +14,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_atomic", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+import numpy as np
+
+__all__ = [
+    "atomic_write",
+    "read_json",
+    "save_npy",
+    "write_atomic",
+    "write_bytes_atomic",
+    "write_json",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 
 @contextlib.contextmanager
@@ -61,3 +72,33 @@ def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2, new
                       **dumps_kwargs: Any) -> None:
     """`json.dumps(obj, indent=indent, **dumps_kwargs)` (plus a final newline) written atomically as UTF-8."""
     write_text_atomic(path, json.dumps(obj, indent=indent, **dumps_kwargs) + ("\n" if newline else ""))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Artifact JSON (the reasoning stage's files): UTF-8 unescaped, numpy values and paths converted, no newline."""
+    write_json_atomic(path, obj, newline=False, ensure_ascii=False, default=json_default)
+
+
+def save_npy(path: str | Path, arr: np.ndarray) -> None:
+    """`np.save` written atomically."""
+    write_atomic(path, lambda f: np.save(f, arr), "wb")
+
+
+def read_json(path: str | Path) -> Any:
+    """Parsed JSON; a syntax error names the file and line."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
+
+
+def json_default(o: Any) -> Any:
+    """`json.dumps(default=...)` for numpy scalars and arrays and paths."""
+    if isinstance(o, np.integer | np.floating | np.bool_):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

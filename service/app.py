@@ -6,14 +6,15 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator import metrics as http_metrics
 
-from service.api import add_routes, fast_handlers
 from service.fast_path import FastPathMiddleware, validation_error_response
 from service.metrics import MS_BUCKETS, ServiceMetrics
+from service.routes import add_routes, fast_handlers
 from service.serving import Recommender
 from service.settings import ServiceSettings
 
@@ -47,8 +48,17 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     add_routes(app.router)
     app.add_exception_handler(RequestValidationError, lambda request, exc: validation_error_response(
         list(exc.errors())))
+
+    def unhandled(request: Request, exc: Exception) -> JSONResponse:
+        """Any exception no route answered: counted as an error (the HTTP series already shows the 500)."""
+        metrics.errors.labels("unhandled").inc()
+        log.error("unhandled %s on %s %s: %r", type(exc).__name__, request.method, request.url.path, exc)
+        return JSONResponse(status_code=500, content={"detail": "internal error"})
+
+    app.add_exception_handler(Exception, unhandled)
     if settings.fast_path:  # inside the HTTP metrics middleware, which is added next
-        app.add_middleware(FastPathMiddleware, handlers=fast_handlers(app))
+        app.add_middleware(FastPathMiddleware, handlers=fast_handlers(app),
+                           on_client_gone=metrics.rejections.labels("client_gone").inc)
     # the two HTTP series the dashboards and alerts read (docs/CONTRACTS.md); the instrumentator's `default`
     # bundle adds size summaries and a second latency histogram, each more work on every request
     Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).add(

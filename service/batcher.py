@@ -7,13 +7,22 @@ nobody queued runs at once, from its own task: no hand-off to a worker task and 
 (at low load, when the loop's caches are cold, each turn costs tens of microseconds). Inference runs in a thread
 pool so the event loop keeps accepting and fetching. Past `capacity` queued jobs, `submit` fails at once (the API
 answers 429) instead of letting latency grow without bound.
+
+A queue deadline bounds latency under overload (as Triton's `default_timeout` with `timeout_action: REJECT`): a
+job that could not start within `queue_timeout_ms` is refused with `QueueTimeoutError` when a worker reaches it,
+and while the oldest queued job is already past that age, `admit`/`submit` refuse new ones at once, so a
+rejection is answered in about the time it takes to refuse, not after waiting.
+
+`fn` may put an exception in place of one result: that job fails, the rest of its batch is answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -29,8 +38,20 @@ class QueueFullError(RuntimeError):
     """The batcher's queue is at capacity: shed load now."""
 
 
+class QueueTimeoutError(QueueFullError):
+    """The queue is older than its deadline: this job would not start in time, refuse it now."""
+
+    reason = "queue_timeout"  # the label of scoter_rejections_total
+
+
 class NotRunningError(RuntimeError):
     """The batcher is not started or is shutting down."""
+
+
+# Called (in the request's context) when a job has to wait in the queue: the HTTP layer sets it to start
+# watching for the client's disconnect, only for requests that wait (a request run at once never pays for it).
+ON_QUEUED: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("scoter_on_queued",
+                                                                                   default=None)
 
 
 @dataclass
@@ -51,8 +72,8 @@ class BatchResult(Generic[R]):
 class MicroBatcher(Generic[P, R]):
     """Coalesces `submit` calls into `fn(list_of_payloads) -> list_of_results`, run in `executor`."""
 
-    def __init__(self, fn: Callable[[list[P]], list[R]], *, executor: Executor, max_batch: int,
-                 max_wait_ms: float, capacity: int, workers: int = 1,
+    def __init__(self, fn: Callable[[list[P]], list[R | BaseException]], *, executor: Executor, max_batch: int,
+                 max_wait_ms: float, capacity: int, workers: int = 1, queue_timeout_ms: float | None = None,
                  on_batch: Callable[[int], None] | None = None, name: str = "batcher"):
         self.fn = fn
         self.executor = executor
@@ -60,9 +81,10 @@ class MicroBatcher(Generic[P, R]):
         self.max_wait_s = max_wait_ms / 1000.0
         self.capacity = capacity
         self.n_workers = workers
+        self.queue_timeout_s = queue_timeout_ms / 1000.0 if queue_timeout_ms else None
         self.on_batch = on_batch or (lambda n: None)
         self.name = name
-        self._queue: asyncio.Queue[_Job[P, R]] | None = None
+        self._queue: deque[_Job[P, R]] | None = None
         self._arrived: asyncio.Event | None = None  # a job was queued (companions for a waiting worker)
         self._wake: asyncio.Event | None = None  # a job was queued or a slot freed (idle workers)
         self._free = 0  # slots: batches that may start now
@@ -76,10 +98,17 @@ class MicroBatcher(Generic[P, R]):
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize() if self._queue else 0
+        return len(self._queue) if self._queue else 0
+
+    def admit(self) -> None:
+        """Raise QueueTimeoutError when a job queued now would not start in time (the oldest queued one is
+        already past the queue deadline): the caller refuses the request before doing any work for it."""
+        q, limit = self._queue, self.queue_timeout_s
+        if q and limit is not None and time.perf_counter() - q[0].enqueued > limit:
+            raise QueueTimeoutError(f"{self.name}: queue older than {limit * 1000:.0f} ms")
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue(maxsize=self.capacity)
+        self._queue = deque()
         self._arrived = asyncio.Event()
         self._wake = asyncio.Event()
         self._free = self.n_workers
@@ -93,28 +122,31 @@ class MicroBatcher(Generic[P, R]):
         self._running = False
         if self._queue is not None:
             deadline = time.monotonic() + drain_timeout_s
-            while ((not self._queue.empty() or any(self._in_hand) or self._free < self.n_workers)
+            while ((self._queue or any(self._in_hand) or self._free < self.n_workers)
                    and time.monotonic() < deadline):
                 await asyncio.sleep(0.005)
         for w in self._workers:
             w.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
-        while self._queue is not None and not self._queue.empty():
-            self._fail([self._queue.get_nowait()], NotRunningError(f"{self.name} stopped"))
+        while self._queue:
+            self._fail([self._queue.popleft()], NotRunningError(f"{self.name} stopped"))
 
     async def submit(self, payload: P) -> BatchResult[R]:
         if not self._running or self._queue is None:
             raise NotRunningError(f"{self.name} is not running")
-        if self.max_wait_s == 0 and self._free > 0 and self._queue.empty():
+        if self.max_wait_s == 0 and self._free > 0 and not self._queue:
             return await self._run_now(payload)
+        if len(self._queue) >= self.capacity:
+            raise QueueFullError(f"{self.name}: {self.capacity} requests already queued")
+        self.admit()
         job: _Job[P, R] = _Job(payload, asyncio.get_running_loop().create_future())
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
-            raise QueueFullError(f"{self.name}: {self.capacity} requests already queued") from None
+        self._queue.append(job)
         self._arrived.set()
         self._wake.set()
+        hook = ON_QUEUED.get()
+        if hook is not None:
+            hook()
         return await job.future
 
     async def _run_now(self, payload: P) -> BatchResult[R]:
@@ -124,6 +156,8 @@ class MicroBatcher(Generic[P, R]):
             results, _, inference_s = await self._execute([payload])
         finally:
             self._release_slot()
+        if isinstance(results[0], BaseException):
+            raise results[0]
         return BatchResult(results[0], 0.0, inference_s, 1)
 
     async def _execute(self, payloads: list[P]) -> tuple[list[R], float, float]:
@@ -144,7 +178,7 @@ class MicroBatcher(Generic[P, R]):
 
     async def _wait_for_work(self) -> None:
         """Until a job is queued and a slot is free (a request running in its own task may hold one)."""
-        while self._queue.empty() or self._free == 0:
+        while not self._queue or self._free == 0:
             self._wake.clear()
             await self._wake.wait()
 
@@ -154,11 +188,11 @@ class MicroBatcher(Generic[P, R]):
         Jobs go into the worker's own `batch` as they leave the queue, so `stop` sees them as in hand and a
         cancelled worker can still fail them: a request never waits forever on a job nobody holds.
         """
-        batch.append(self._queue.get_nowait())  # `_wait_for_work` saw one queued
+        batch.append(self._queue.popleft())  # `_wait_for_work` saw one queued
         deadline = time.perf_counter() + self.max_wait_s
         while len(batch) < self.max_batch:
-            while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            while len(batch) < self.max_batch and self._queue:
+                batch.append(self._queue.popleft())
             remaining = deadline - time.perf_counter()
             if len(batch) >= self.max_batch or remaining <= 0:
                 break
@@ -167,8 +201,8 @@ class MicroBatcher(Generic[P, R]):
                 async with asyncio.timeout(remaining):
                     await self._arrived.wait()
             except TimeoutError:
-                while len(batch) < self.max_batch and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
+                while len(batch) < self.max_batch and self._queue:
+                    batch.append(self._queue.popleft())
                 break
 
     def _fail(self, jobs: list[_Job[P, R]], exc: BaseException) -> None:
@@ -184,7 +218,7 @@ class MicroBatcher(Generic[P, R]):
             self._free -= 1
             try:
                 await self._collect(held)
-                batch = [j for j in held if not j.future.done()]  # skip abandoned requests
+                batch = self._live(held)
                 if batch:
                     await self._run(batch)
             except asyncio.CancelledError:
@@ -194,6 +228,22 @@ class MicroBatcher(Generic[P, R]):
                 held.clear()
                 self._release_slot()
 
+    def _live(self, held: list[_Job[P, R]]) -> list[_Job[P, R]]:
+        """The jobs worth running: abandoned ones (cancelled, client gone) are skipped, and ones past the queue
+        deadline are refused now (their callers answer at once) instead of being served late."""
+        if self.queue_timeout_s is None:
+            return [j for j in held if not j.future.done()]
+        limit = self.queue_timeout_s + self.max_wait_s  # the batching window is not queueing
+        now, live = time.perf_counter(), []
+        for j in held:
+            if j.future.done():
+                continue
+            if now - j.enqueued > limit:
+                j.future.set_exception(QueueTimeoutError(f"{self.name}: not started within {limit * 1000:.0f} ms"))
+            else:
+                live.append(j)
+        return live
+
     async def _run(self, batch: list[_Job[P, R]]) -> None:
         try:
             results, started, inference_s = await self._execute([j.payload for j in batch])
@@ -201,5 +251,9 @@ class MicroBatcher(Generic[P, R]):
             self._fail(batch, exc)
             return
         for j, r in zip(batch, results, strict=True):
-            if not j.future.done():
+            if j.future.done():
+                continue
+            if isinstance(r, BaseException):  # this row failed; the rest of the batch is answered
+                j.future.set_exception(r)
+            else:
                 j.future.set_result(BatchResult(r, started - j.enqueued, inference_s, len(batch)))

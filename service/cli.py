@@ -36,7 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ab_sub = ab.add_subparsers(dest="ab_command", required=True)
     srm = ab_sub.add_parser("srm", help="sample-ratio-mismatch check (chi-squared) over exposure counts")
     counts = srm.add_mutually_exclusive_group(required=True)
-    counts.add_argument("--metrics-url", help="a service's /metrics URL (reads scoter_exposures_total)")
+    counts.add_argument("--exposures", help="unique users per variant from exposure events: JSONL file or "
+                        "redis://host:port/db?stream=scoter:exposures (the right unit)")
+    counts.add_argument("--metrics-url", help="a service's /metrics URL (scoter_exposures_total: counts requests, "
+                        "so one heavy user skews it; prefer --exposures)")
     counts.add_argument("--counts", type=Path, help="JSON of counts: {variant: n} or {experiment: {variant: n}}")
     weights = srm.add_mutually_exclusive_group(required=True)
     weights.add_argument("--experiments", type=Path, help="experiments file giving the variant weights")
@@ -44,6 +47,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     srm.add_argument("--experiment", default=None, help="experiment key (default: the running one)")
     srm.add_argument("--alpha", type=float, default=0.001)
     srm.set_defaults(func=_srm)
+
+    analyze = ab_sub.add_parser("analyze", help="lift per variant (and holdout) from exposure and outcome events",
+                                description="Joins outcomes to each user's first exposure; reports users, "
+                                "conversion, revenue per user, relative lift with a 95%% CI, SRM over users and a "
+                                "breakdown by a user segment. Needs the [ab] extra (duckdb, statsmodels).")
+    analyze.add_argument("--exposures", required=True,
+                         help="JSONL/Parquet file, or redis://host:port/db?stream=scoter:exposures")
+    analyze.add_argument("--outcomes", type=Path, required=True,
+                         help="CSV/Parquet: user_id or request_id, timestamp (epoch s or ISO), value")
+    analyze.add_argument("--experiments", type=Path, default=None, help="experiments file: weights, control, holdout")
+    analyze.add_argument("--experiment", default=None, help="one experiment key (default: all in the exposures)")
+    analyze.add_argument("--segments", type=Path, default=None, help="CSV user_id, segment (default: history "
+                         "length at first exposure, sparse vs dense)")
+    analyze.add_argument("--sparse-max", type=int, default=5, help="most history items of a 'sparse' user")
+    analyze.add_argument("--alpha", type=float, default=0.001, help="SRM threshold")
+    analyze.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+    analyze.add_argument("--png", type=Path, default=None, help="write a lift chart here")
+    analyze.set_defaults(func=_analyze)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -63,6 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
     for path in (settings.bundle, settings.experiments):
         if path is not None and not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
+    _check_bundles(settings)
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="scoter-prom-")
         log.info("PROMETHEUS_MULTIPROC_DIR=%s (metrics aggregated over workers)", os.environ["PROMETHEUS_MULTIPROC_DIR"])
@@ -72,6 +94,20 @@ def _serve(args: argparse.Namespace) -> int:
                 workers=args.workers, log_level=args.log_level, access_log=settings.access_log,
                 proxy_headers=settings.proxy_headers, timeout_graceful_shutdown=settings.graceful_shutdown_s)
     return 0
+
+
+def _check_bundles(settings) -> None:
+    """Verify every bundle the config serves (manifest, checksums, tables) before the server starts, so a bad
+    one stops `serve` with one line naming the bundle and the reason (exit 2) rather than a lifespan traceback."""
+    from scoter.bundle import load_bundle
+    from service.experiments import load_config, single_bundle_config
+
+    loaded = single_bundle_config(settings.bundle) if settings.bundle is not None else load_config(settings.experiments)
+    for name, path in loaded.config.bundle_paths().items():
+        try:
+            load_bundle(path, verify_checksums=True)
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"variant {name!r}: bundle cannot be served: {exc}") from exc
 
 
 def main_serve(argv: list[str] | None = None) -> int:
@@ -90,7 +126,7 @@ def main_serve(argv: list[str] | None = None) -> int:
 
 def _srm(args: argparse.Namespace) -> int:
     from service.experiments import load_config
-    from service.srm import counts_from_file, counts_from_url, srm_test
+    from service.srm import counts_from_file, counts_from_url, srm_test, users_from_exposures
 
     if args.weights is not None:
         try:
@@ -100,11 +136,19 @@ def _srm(args: argparse.Namespace) -> int:
         experiment = args.experiment
     else:
         cfg = load_config(args.experiments).config
+        if args.experiment and cfg.holdout is not None and args.experiment == cfg.holdout.key:
+            raise ValueError("--experiment: the holdout's split is not testable from exposures (only held-out "
+                             "users log one); pick an experiment")
         exp = next((e for e in cfg.experiments if e.key == args.experiment), None) if args.experiment else cfg.active
         if exp is None:
             raise ValueError(f"--experiment: {args.experiment!r} is not in {args.experiments}")
         weights, experiment = {v.name: v.weight for v in exp.variants}, exp.key
-    by_exp = counts_from_url(args.metrics_url, experiment) if args.metrics_url else counts_from_file(args.counts)
+    if args.exposures:
+        by_exp = users_from_exposures(args.exposures, experiment)
+    elif args.metrics_url:
+        by_exp = counts_from_url(args.metrics_url, experiment)
+    else:
+        by_exp = counts_from_file(args.counts)
     if experiment is not None and experiment in by_exp:
         counts = by_exp[experiment]
     elif len(by_exp) == 1:
@@ -117,3 +161,16 @@ def _srm(args: argparse.Namespace) -> int:
         print(f"SRM detected: p={result.p_value:.3g} < {args.alpha}", file=sys.stderr)
         return 1
     return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    try:
+        from offline.ab import analyze
+    except ImportError as exc:
+        raise ValueError(f"scoter ab analyze needs the [ab] extra (pip install 'scoter[ab]'): {exc}") from exc
+    reports = analyze.run(args.exposures, args.outcomes, experiment=args.experiment,
+                          experiments_file=args.experiments, segments_path=args.segments,
+                          sparse_max=args.sparse_max, alpha=args.alpha)
+    print(analyze.format_table(reports))
+    analyze.write_outputs(reports, args.json, args.png)
+    return 1 if any(r.srm.get("mismatch") for r in reports) else 0

@@ -1,27 +1,36 @@
 """A/B traffic splitting: experiments config and GrowthBook-compatible deterministic assignment.
 
-The hash and bucketing follow GrowthBook's cross-SDK spec (hash v2, getBucketRanges, chooseVariation) so
-that assignments agree with any GrowthBook SDK given the same seed and user id, and the shared
-`cases.json` vectors can test them.
+The hash and bucketing follow GrowthBook's cross-SDK spec (hash v1/v2, `inNamespace`, `getBucketRanges`,
+`chooseVariation`) so that assignments agree with any GrowthBook SDK given the same seeds and user id: the
+shared `cases.json` vectors test the functions, and the official Python SDK's `run_experiment` is the oracle for
+whole configs (tests/service/test_experiments.py). The SDK itself is not called per request: evaluating a
+config through it costs about three times as much as these functions (benchmarks/ab_assignment.py).
+
+Several experiments may run at once. Experiments sharing a namespace id get disjoint slices of it (mutual
+exclusion); experiments in different namespaces overlap. A global holdout takes a share of users out of every
+experiment: they get the control bundle and are reported as their own group. Only one experiment can decide a
+user's bundle (each request is ranked by one bundle), so experiments whose variants name bundles must be
+mutually exclusive; the others are label-only (the variant travels in the response for the caller to act on).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
+HOLDOUT_VARIANT = "holdout"
 
 
 def fnv1a32(text: str) -> int:
-    """32-bit FNV-1a over the string's code points (GrowthBook's `hashFnv32a`)."""
+    """32-bit FNV-1a over the string's code points (GrowthBook's `hashFnv32a`; ids are ASCII, see api.ID_PATTERN)."""
     h = _FNV_OFFSET
     for ch in text:
         h = ((h ^ ord(ch)) * _FNV_PRIME) & 0xFFFFFFFF
@@ -35,6 +44,12 @@ def gb_hash(seed: str, value: str, version: int) -> float | None:
     if version == 1:
         return (fnv1a32(value + seed) % 1000) / 1000
     return None
+
+
+def in_namespace(user_id: str, namespace: tuple[str, float, float]) -> bool:
+    """GrowthBook `inNamespace`: hash v1 of the user id with seed "__" + namespace id, inside [lo, hi)."""
+    n = gb_hash("__" + namespace[0], user_id, 1)
+    return n is not None and namespace[1] <= n < namespace[2]
 
 
 def equal_weights(n: int) -> list[float]:
@@ -62,17 +77,43 @@ def choose_variation(n: float, ranges: list[tuple[float, float]]) -> int:
     return -1
 
 
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+
+
 class Variant(BaseModel):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, pattern=NAME_PATTERN)
     weight: float = Field(ge=0, le=1)
-    bundle: Path
+    bundle: Path | None = Field(None, description="bundle that ranks this variant's users; none: label-only")
+
+
+class Namespace(BaseModel):
+    """A slice [lo, hi) of a namespace: experiments with the same id and disjoint slices never share a user."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, pattern=NAME_PATTERN)
+    range: tuple[float, float]
+
+    @field_validator("range")
+    @classmethod
+    def _range(cls, r: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= r[0] < r[1] <= 1:
+            raise ValueError(f"range {list(r)} must satisfy 0 <= lo < hi <= 1")
+        return r
 
 
 class Experiment(BaseModel):
-    key: str = Field(min_length=1)
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, pattern=NAME_PATTERN)
     seed: str | None = None  # GrowthBook uses the key when no seed is given
     status: Literal["running", "stopped"] = "running"
     coverage: float = Field(1.0, ge=0, le=1)
+    namespace: Namespace | None = None
+    bucket_version: int = Field(0, ge=0, description="bump to re-bucket every user (new hash seed); keep it to "
+                                "keep users in their variants")
     variants: list[Variant] = Field(min_length=1)
 
     @field_validator("variants")
@@ -84,7 +125,38 @@ class Experiment(BaseModel):
         names = [v.name for v in variants]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate variant names {names}")
+        with_bundle = [v.name for v in variants if v.bundle is not None]
+        if with_bundle and len(with_bundle) != len(variants):
+            raise ValueError(f"variants {sorted(set(names) - set(with_bundle))} have no bundle: either every "
+                             "variant names a bundle or none does (label-only)")
         return variants
+
+    @property
+    def hash_seed(self) -> str:
+        """The seed hashed with the user id: GrowthBook's (seed, else key), versioned by `bucket_version`."""
+        seed = self.seed if self.seed is not None else self.key
+        return seed if self.bucket_version == 0 else f"{seed}__{self.bucket_version}"
+
+    @property
+    def routes_bundles(self) -> bool:
+        return self.variants[0].bundle is not None
+
+    def overlaps(self, other: Experiment) -> bool:
+        """Can one user be in both? Only a shared namespace id with disjoint slices keeps them apart."""
+        a, b = self.namespace, other.namespace
+        if a is None or b is None or a.id != b.id:
+            return True
+        return a.range[0] < b.range[1] and b.range[0] < a.range[1]
+
+
+class Holdout(BaseModel):
+    """A share of users kept out of every experiment and served control: the baseline for all launches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field("global-holdout", min_length=1, pattern=NAME_PATTERN)
+    seed: str | None = None
+    share: float = Field(gt=0, le=0.5)
 
     @property
     def hash_seed(self) -> str:
@@ -92,37 +164,82 @@ class Experiment(BaseModel):
 
 
 class ExperimentsConfig(BaseModel):
-    """The file: a list of experiments; at most one running (each request is ranked by exactly one bundle)."""
+    """The file: experiments (several may run), an optional global holdout. The first experiment's first variant
+    is the service's control: it serves everyone outside the bundle experiments, the holdout included."""
+
+    model_config = ConfigDict(extra="forbid")
 
     experiments: list[Experiment] = Field(min_length=1)
+    holdout: Holdout | None = None
 
     @model_validator(mode="after")
-    def _one_running(self) -> ExperimentsConfig:
-        running = [e.key for e in self.experiments if e.status == "running"]
-        if len(running) > 1:
-            raise ValueError(f"experiments: more than one running ({running}); at most one may route traffic")
+    def _consistent(self) -> ExperimentsConfig:
+        keys = [e.key for e in self.experiments]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"experiments: duplicate keys {keys}")
+        if self.holdout is not None and self.holdout.key in keys:
+            raise ValueError(f"holdout: key {self.holdout.key!r} is also an experiment key")
+        if not self.experiments[0].routes_bundles:
+            raise ValueError("experiments.0: the first experiment's variants must name bundles (its first "
+                             "variant is the service's control)")
+        running = [e for e in self.experiments if e.status == "running"]
+        for i, a in enumerate(running):
+            for b in running[i + 1:]:
+                if a.namespace and b.namespace and a.namespace.id == b.namespace.id and a.overlaps(b):
+                    raise ValueError(f"namespace {a.namespace.id!r}: experiments {a.key!r} {list(a.namespace.range)}"
+                                     f" and {b.key!r} {list(b.namespace.range)} overlap")
+                if a.routes_bundles and b.routes_bundles and a.overlaps(b):
+                    raise ValueError(f"experiments {a.key!r} and {b.key!r} both choose bundles and can share a "
+                                     "user: give them one namespace with disjoint ranges, or make one label-only")
+        paths: dict[str, Path] = {}
+        for e in self.experiments:
+            for v in e.variants:
+                if v.bundle is None:
+                    continue
+                if paths.setdefault(v.name, v.bundle) != v.bundle:
+                    raise ValueError(f"variant {v.name!r} names two bundles ({paths[v.name]} and {v.bundle}); "
+                                     "a variant name is one bundle")
         return self
 
     @property
     def active(self) -> Experiment:
-        """The routing experiment: the running one, else the first (whose control then gets all traffic)."""
-        return next((e for e in self.experiments if e.status == "running"), self.experiments[0])
+        """The first running bundle experiment, else the first (whose control then gets all traffic)."""
+        return next((e for e in self.experiments if e.status == "running" and e.routes_bundles),
+                    self.experiments[0])
+
+    @property
+    def control(self) -> str:
+        return self.experiments[0].variants[0].name
 
     def bundle_paths(self) -> dict[str, Path]:
-        """variant name -> bundle path of the routing experiment."""
-        return {v.name: v.bundle for v in self.active.variants}
+        """variant name -> bundle path: control and every variant of a running bundle experiment."""
+        out = {self.control: self.experiments[0].variants[0].bundle}
+        for e in self.experiments:
+            if e.status == "running" and e.routes_bundles:
+                out.update({v.name: v.bundle for v in e.variants})
+        return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Membership:
+    """One experiment a user is in (an exposure when a response is served)."""
+
+    experiment: str
+    variant: str
 
 
 @dataclass(frozen=True)
 class Assignment:
     experiment: str
-    variant: str
-    in_experiment: bool  # False: outside coverage or stopped (served control, no exposure)
+    variant: str  # the variant whose bundle serves the request (control when in no bundle experiment)
+    in_experiment: bool  # False: outside coverage, stopped, holdout or forced (served control, no exposure)
     forced: bool = False
+    memberships: tuple[Membership, ...] = field(default_factory=tuple)  # every experiment the user is in
+    holdout: bool = False
 
 
 def assign(exp: Experiment, user_id: str) -> Assignment:
-    """Deterministic and sticky for a given config: same (seed, user id, weights, coverage) -> same variant."""
+    """One experiment on its own (no namespace or holdout): deterministic and sticky for a given config."""
     control = exp.variants[0].name
     if exp.status != "running" or len(exp.variants) < 2 or not user_id:
         return Assignment(exp.key, control, False)
@@ -130,7 +247,56 @@ def assign(exp: Experiment, user_id: str) -> Assignment:
     idx = choose_variation(n, bucket_ranges(len(exp.variants), exp.coverage, [v.weight for v in exp.variants]))
     if idx < 0:
         return Assignment(exp.key, control, False)
-    return Assignment(exp.key, exp.variants[idx].name, True)
+    return Assignment(exp.key, exp.variants[idx].name, True, memberships=(Membership(exp.key, exp.variants[idx].name),))
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    key: str
+    seed: str
+    namespace: tuple[str, float, float] | None
+    ranges: list[tuple[float, float]]
+    names: list[str]
+    routes_bundles: bool
+
+
+class Assigner:
+    """A config compiled for the request path: bucket ranges computed once; per user, one hash per namespace
+    check and one per experiment the user can be in."""
+
+    def __init__(self, config: ExperimentsConfig):
+        self.config = config
+        self.control = config.control
+        self.default_experiment = config.active.key
+        self.holdout = config.holdout
+        self._holdout_seed = config.holdout.hash_seed if config.holdout else ""
+        self._exps = [_Compiled(e.key, e.hash_seed,
+                                (e.namespace.id, *e.namespace.range) if e.namespace else None,
+                                bucket_ranges(len(e.variants), e.coverage, [v.weight for v in e.variants]),
+                                [v.name for v in e.variants], e.routes_bundles)
+                      for e in config.experiments if e.status == "running" and len(e.variants) >= 2]
+
+    def assign(self, user_id: str) -> Assignment:
+        if not user_id:
+            return Assignment(self.default_experiment, self.control, False)
+        if self.holdout is not None and gb_hash(self._holdout_seed, user_id, 2) < self.holdout.share:
+            return Assignment(self.holdout.key, self.control, False, holdout=True,
+                              memberships=(Membership(self.holdout.key, HOLDOUT_VARIANT),))
+        memberships: list[Membership] = []
+        routed: Membership | None = None
+        for e in self._exps:
+            if e.namespace is not None and not in_namespace(user_id, e.namespace):
+                continue
+            idx = choose_variation(gb_hash(e.seed, user_id, 2), e.ranges)  # type: ignore[arg-type]
+            if idx < 0:
+                continue
+            m = Membership(e.key, e.names[idx])
+            memberships.append(m)
+            if e.routes_bundles:
+                routed = m
+        if routed is None:
+            return Assignment(self.default_experiment, self.control, False, memberships=tuple(memberships))
+        return Assignment(routed.experiment, routed.variant, True, memberships=tuple(memberships))
 
 
 @dataclass(frozen=True)
@@ -138,6 +304,10 @@ class LoadedConfig:
     config: ExperimentsConfig
     version: str  # sha256 prefix of the file bytes; logged on every (re)load
     path: Path | None
+    assigner: Assigner = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "assigner", Assigner(self.config))
 
 
 def load_config(path: Path) -> LoadedConfig:
@@ -153,7 +323,7 @@ def load_config(path: Path) -> LoadedConfig:
         raise ValueError(f"{path}: {_errors(exc)}") from exc
     for e in cfg.experiments:
         for v in e.variants:
-            if not v.bundle.is_absolute():
+            if v.bundle is not None and not v.bundle.is_absolute():
                 v.bundle = (Path(path).parent / v.bundle).resolve()
     return LoadedConfig(cfg, hashlib.sha256(raw).hexdigest()[:12], Path(path))
 
@@ -163,6 +333,16 @@ def single_bundle_config(bundle: Path) -> LoadedConfig:
     cfg = ExperimentsConfig(experiments=[Experiment(key="default", status="stopped",
                                                     variants=[Variant(name="default", weight=1.0, bundle=bundle)])])
     return LoadedConfig(cfg, hashlib.sha256(str(Path(bundle).resolve()).encode()).hexdigest()[:12], None)
+
+
+def weights_of(config: ExperimentsConfig, key: str) -> dict[str, float]:
+    """variant -> weight of experiment `key`; for the holdout key, {holdout: share, rest: 1 - share}."""
+    if config.holdout is not None and key == config.holdout.key:
+        return {HOLDOUT_VARIANT: config.holdout.share, "rest": 1 - config.holdout.share}
+    exp = next((e for e in config.experiments if e.key == key), None)
+    if exp is None:
+        raise ValueError(f"experiment {key!r} is not in the config (have {[e.key for e in config.experiments]})")
+    return {v.name: v.weight for v in exp.variants}
 
 
 def _errors(exc: ValidationError) -> str:

@@ -51,8 +51,15 @@ class ServiceMetrics:
         self.model_info = Gauge("scoter_model_info", "loaded bundle per variant (value 1)",
                                 ["variant", "model_id", "model_version", "provider"], registry=r,
                                 multiprocess_mode="liveall")
-        self.exposures = Counter("scoter_exposures_total", "users exposed to an experiment variant",
+        self.exposures = Counter("scoter_exposures_total", "served responses per experiment and variant (one per "
+                                 "request: SRM counts users from the exposure events instead)",
                                  ["experiment", "variant"], registry=r)
+        self.exposure_events = Counter("scoter_exposure_events_total", "exposure events by sink (redis, jsonl; "
+                                       "buffer: dropped because it was full) and outcome (written, dropped)",
+                                       ["sink", "outcome"], registry=r)
+        self.loop_lag = Gauge("scoter_event_loop_lag_seconds", "how late the event loop runs a timer (sampled "
+                              "every 10 ms); above the queue deadline, new requests are refused", registry=r,
+                              multiprocess_mode="livemax")
         self.redis_degraded = Gauge("scoter_redis_degraded", "1 while the reasoning store is unreachable "
                                     "(circuit open)", registry=r, multiprocess_mode="livemax")
 

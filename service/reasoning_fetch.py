@@ -8,14 +8,15 @@ instead of queueing behind dead connections.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import select
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from redis.asyncio import Redis
+from pydantic import TypeAdapter, ValidationError
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -34,6 +35,14 @@ log = logging.getLogger(__name__)
 
 ReasoningStatus = Literal["hit", "miss", "stale", "error"]
 BreakerState = Literal["closed", "open", "half_open"]
+
+# A value written by a clock this far ahead of ours is still accepted (skew between hosts); anything later is
+# malformed: it would otherwise never go stale.
+FUTURE_SKEW_S = 300
+# A stored history is parsed by pydantic-core's JSON parser (bounded recursion: a deeply nested value is an
+# error, not a crash) after this size check, so a huge value costs one length test, not a parse.
+MAX_STORED_HISTORY_BYTES = 1 << 20
+_HISTORY = TypeAdapter(list[str])
 
 
 class CircuitBreaker:
@@ -63,6 +72,11 @@ class CircuitBreaker:
             return True
         return False
 
+    def release_probe(self) -> None:
+        """A call that proved nothing about the store (cut short by this process): in half-open, let the next
+        call probe instead."""
+        self._probe_out = False
+
     def record_success(self) -> None:
         if self._state != "closed":
             log.info("reasoning store reachable again: circuit closed")
@@ -84,6 +98,7 @@ class ReasoningSpec:
     version: str
     k: int
     d: int
+    max_history: int | None = None  # a stored history is cut to its newest `max_history` items
 
 
 @dataclass(frozen=True)
@@ -95,12 +110,44 @@ class UserFetch:
 
 def make_client(url: str, *, cluster: bool, connect_timeout: float, socket_timeout: float,
                 max_connections: int) -> Redis | RedisCluster:
-    """One client with explicit timeouts and no retries (the deadline and breaker handle failure)."""
+    """One client with explicit timeouts and no retries (the deadline and breaker handle failure).
+
+    The single-node pool blocks when all `max_connections` are in use: a fetch waits for a free connection
+    inside its own deadline instead of failing at once with "Too many connections"."""
     common = dict(socket_connect_timeout=connect_timeout, socket_timeout=socket_timeout,
-                  retry=Retry(NoBackoff(), 0), max_connections=max_connections)
+                  retry=Retry(NoBackoff(), 0))
     if cluster:
-        return RedisCluster.from_url(url, **common)
-    return Redis.from_url(url, health_check_interval=0, **common)
+        return RedisCluster.from_url(url, max_connections=max_connections, **common)
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=None,
+                                           health_check_interval=0, **common)
+    return Redis.from_pool(pool)
+
+
+class _Phase:
+    """Where one fetch is, so a deadline that expires can be told apart: waiting for a free pool connection
+    (exhaustion: the process is busy, Redis is fine), waiting for Redis, or Redis had answered and this
+    process was too busy to read the reply in time."""
+
+    __slots__ = ("where",)
+
+    def __init__(self) -> None:
+        self.where = "pool"
+
+
+def _reply_waiting(conn) -> bool:
+    """Whether a reply sits unread in the connection's buffer or socket (checked only once a deadline expired)."""
+    try:
+        reader = getattr(conn, "_reader", None)
+        if reader is not None and len(getattr(reader, "_buffer", b"")) > 0:
+            return True
+        writer = getattr(conn, "_writer", None)
+        sock = writer.get_extra_info("socket") if writer is not None else None
+        if sock is None:
+            return False
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class HeldConnections:
@@ -113,34 +160,45 @@ class HeldConnections:
     own deadline bounds every call. Measured with `benchmarks/redis_fetch.py` (one key, paced at 10 calls/s):
     BENCHMARKS.md. Connections are still created, connected and counted by the pool (its `max_connections`
     is the bound); a call that fails or is cancelled mid-reply drops its connection (the stream state is
-    unknown) and hands it back to the pool.
+    unknown) and hands it back to the pool. At most `max_idle` are kept between fetches: the connections a
+    burst took go back to the pool once it is over, so the pool never stays drained by idle held ones.
     """
 
-    def __init__(self, client: Redis):
+    def __init__(self, client: Redis, max_idle: int = 4):
         self._pool = client.connection_pool
         self._idle: list = []
+        self.max_idle = max_idle
 
-    async def mget(self, keys: list[str]) -> list[bytes | None]:
+    async def mget(self, keys: list[str], phase: _Phase | None = None) -> list[bytes | None]:
+        phase = phase or _Phase()
         if not self._idle:
-            return await self._call(await self._checkout(), keys)
+            return await self._call(await self._checkout(), keys, phase)
+        phase.where = "redis"
         try:
-            return await self._call(self._idle.pop(), keys)
+            return await self._call(self._idle.pop(), keys, phase)
         except (RedisConnectionError, OSError):  # an idle connection the server closed (restart, idle timeout)
-            return await self._call(await self._checkout(), keys)  # one fresh try, inside the same deadline
+            phase.where = "pool"
+            return await self._call(await self._checkout(), keys, phase)  # one fresh try, same deadline
 
     async def _checkout(self):
-        conn = await self._pool.get_connection("MGET")
+        conn = await self._pool.get_connection()
         conn.held_socket_timeout, conn.socket_timeout = conn.socket_timeout, None
         return conn
 
-    async def _call(self, conn, keys: list[str]) -> list[bytes | None]:
+    async def _call(self, conn, keys: list[str], phase: _Phase) -> list[bytes | None]:
+        phase.where = "redis"
         try:
             await conn.send_packed_command(conn.pack_command("MGET", *keys), check_health=False)
             values = await conn.read_response()
         except BaseException:  # failed or cancelled by the deadline: never reuse a half-read connection
+            if _reply_waiting(conn):
+                phase.where = "late_read"
             await self._drop(conn)
             raise
-        self._idle.append(conn)
+        if len(self._idle) < self.max_idle:
+            self._idle.append(conn)
+        else:
+            await self._release(conn)
         return values
 
     async def _drop(self, conn) -> None:
@@ -162,9 +220,14 @@ class ReasoningFetcher:
     """MGET of reasoning values (+ histories) with a per-request deadline, header checks and a breaker."""
 
     def __init__(self, client: Redis | RedisCluster, *, max_age_s: int, deadline_ms: float,
-                 breaker: CircuitBreaker, on_failure: Callable[[str], None] | None = None):
+                 breaker: CircuitBreaker, on_failure: Callable[[str], None] | None = None,
+                 probe_client: Redis | RedisCluster | None = None, probe_timeout_s: float = 1.0,
+                 max_held: int = 4):
         self.client = client
-        self._held = None if isinstance(client, RedisCluster) else HeldConnections(client)
+        # readiness pings on a client of its own: a burst holding every fetch connection never reads as an outage
+        self.probe_client = probe_client
+        self.probe_timeout_s = probe_timeout_s
+        self._held = None if isinstance(client, RedisCluster) else HeldConnections(client, max_held)
         self.max_age_s = max_age_s
         self.deadline_s = deadline_ms / 1000.0
         self.breaker = breaker
@@ -178,25 +241,34 @@ class ReasoningFetcher:
         """One MGET for all users' reasoning (and the stored histories asked for); never raises on outage."""
         keys = [reasoning_key(spec.version, u) for u in user_ids]
         hist_users = [u for u, need in zip(user_ids, need_history, strict=True) if need]
-        keys += [history_key(u) for u in hist_users]
+        keys += [history_key(spec.version, u) for u in hist_users]  # histories live under the same version
         values = await self._mget(keys)
         if values is None:
             return [UserFetch(None, "error", None) for _ in user_ids]
         n = len(user_ids)
         hist = dict(zip(hist_users, values[n:], strict=True))
-        return [UserFetch(*self._reasoning(values[i], spec), self._history(hist.get(u)) if need_history[i] else None)
+        return [UserFetch(*self._reasoning(values[i], spec),
+                          self._history(hist.get(u), spec.max_history) if need_history[i] else None)
                 for i, u in enumerate(user_ids)]
 
     async def _mget(self, keys: list[str]) -> list[bytes | None] | None:
         if not self.breaker.allow():
             return None
+        phase = _Phase()
         try:
             async with asyncio.timeout(self.deadline_s):
                 if self._held is None:  # cluster: keys on several nodes, the cluster client routes them
+                    phase.where = "redis"
                     values = await self.client.mget_nonatomic(keys)
                 else:
-                    values = await self._held.mget(keys)
+                    values = await self._held.mget(keys, phase)
         except (TimeoutError, RedisError, OSError) as exc:
+            if isinstance(exc, TimeoutError) and phase.where != "redis":
+                # this process was the bottleneck (no free connection, or the reply sat unread): not an outage
+                self.breaker.release_probe()
+                self._on_failure("redis_pool_exhausted" if phase.where == "pool" else "redis_read_late")
+                log.debug("reasoning fetch cut by its deadline while %s", phase.where)
+                return None
             self.breaker.record_failure()
             self._on_failure("redis_timeout" if isinstance(exc, TimeoutError) else "redis")
             log.debug("reasoning fetch failed: %r", exc)
@@ -213,27 +285,36 @@ class ReasoningFetcher:
             self._on_failure("reasoning_format")
             log.debug("bad reasoning value: %s", exc)
             return None, "error"
-        if time.time() - rv.created_at > self.max_age_s:
+        now = time.time()
+        if rv.created_at > now + FUTURE_SKEW_S:  # from the future: malformed (it would never go stale)
+            self._on_failure("reasoning_format")
+            log.debug("bad reasoning value: created_at %d is in the future", rv.created_at)
+            return None, "error"
+        if now - rv.created_at > self.max_age_s:
             return None, "stale"
         return rv.matrix, "hit"
 
-    def _history(self, value: bytes | None) -> list[str] | None:
+    def _history(self, value: bytes | None, max_items: int | None) -> list[str] | None:
+        """The stored item ids (newest last, cut to `max_items`); a malformed value is counted and read as
+        no history."""
         if value is None:
             return None
+        if len(value) > MAX_STORED_HISTORY_BYTES:
+            self._on_failure("history_format")
+            log.debug("stored history of %d bytes refused", len(value))
+            return None
         try:
-            items = json.loads(value)
-        except (ValueError, UnicodeDecodeError):
-            items = None
-        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+            items = _HISTORY.validate_json(value)
+        except ValidationError:
             self._on_failure("history_format")
             return None
-        return items
+        return items[-max_items:] if max_items else items
 
     async def ping(self) -> bool:
-        """Readiness probe: True when Redis answers within the deadline."""
+        """Readiness probe: True when Redis answers within the probe timeout (on its own client when given)."""
         try:
-            async with asyncio.timeout(max(self.deadline_s, 0.2)):
-                await self.client.ping()
+            async with asyncio.timeout(max(self.deadline_s, self.probe_timeout_s)):
+                await (self.probe_client or self.client).ping()
             return True
         except (TimeoutError, RedisError, OSError):
             return False
@@ -242,3 +323,5 @@ class ReasoningFetcher:
         if self._held is not None:
             await self._held.close()
         await self.client.aclose()
+        if self.probe_client is not None:
+            await self.probe_client.aclose()

@@ -1,8 +1,8 @@
 """The request path: A/B assignment -> store fetch -> micro-batched ONNX ranking -> external item ids.
 
-`Recommender` owns the swappable serving state (experiments config + one warm bundle and batcher per
-variant). A reload builds a complete new state off to the side and swaps one reference, so a request
-sees either the old or the new config, never a mix.
+`Recommender` serves requests against the current serving state (`service.state`: the experiments config and
+one warm bundle and batcher per variant, swapped whole on reload, so a request sees either the old or the new
+config, never a mix). A served request is finished for its users in one place, `Recommender.finish`.
 """
 
 from __future__ import annotations
@@ -10,21 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import signal
 import time
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
-from scoter.bundle import read_manifest
+from scoter.ranker import ServingBundle
 from scoter.reasoning_store import StoredMatrix
-from service.batcher import MicroBatcher
-from service.experiments import Assignment, LoadedConfig, assign, load_config, single_bundle_config
+from service.batcher import QueueTimeoutError
+from service.experiments import Assignment
+from service.exposures import REQUEST_ID_HEADER, ExposureLog, ExposureSettings, request_ids
+from service.loop_lag import LoopLagMonitor
 from service.metrics import ServiceMetrics
-from service.ranker import Bundle, load_bundle
 from service.reasoning_fetch import (
     CircuitBreaker,
     ReasoningFetcher,
@@ -34,6 +34,7 @@ from service.reasoning_fetch import (
     make_client,
 )
 from service.settings import ServiceSettings
+from service.state import ServingState, ServingStates, VariantRuntime
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,6 +49,12 @@ class RequestError(ValueError):
         self.msg = msg
 
 
+class LoopLagError(QueueTimeoutError):
+    """The event loop runs later than the queue deadline: a new request would not start in time."""
+
+    reason = "loop_lag"
+
+
 class NotReadyError(RuntimeError):
     """No serving state yet (starting) or it is being torn down."""
 
@@ -58,19 +65,14 @@ class Row:
     reasoning: StoredMatrix | None  # [K, D] still as stored bytes: the batch converts
 
 
-@dataclass
-class VariantRuntime:
-    name: str
-    bundle: Bundle
-    batcher: MicroBatcher[Row, tuple[list[int], list[float]]]
-    manifest_sha256: str
+@dataclass(frozen=True)
+class Ranked:
+    """One row's ranking; `reasoning_error`: the row's matrix was unusable (not finite, or it made the scores
+    non-finite) and the row was ranked without it."""
 
-
-@dataclass
-class ServingState:
-    loaded: LoadedConfig
-    variants: dict[str, VariantRuntime]
-    loaded_at: float = field(default_factory=time.time)
+    ids: list[int]
+    scores: list[float]
+    reasoning_error: bool = False
 
 
 @dataclass
@@ -96,19 +98,55 @@ class RecResult:
     inference_s: float = 0.0
 
 
-def _rank_batch(bundle: Bundle, rows: list[Row]) -> list[tuple[list[int], list[float]]]:
+def _rank_batch(bundle: ServingBundle, rows: list[Row]) -> list[Ranked | BaseException]:
     """Build the [B, ...] arrays and run the graph once (worker thread). Every array is made here, none per
-    request on the event loop: a numpy call there costs ~50-100 us when the loop's caches are cold (low load)."""
-    hist = np.zeros((len(rows), bundle.max_len), np.int64)
-    reasoning = np.zeros((len(rows), bundle.k, bundle.d), np.float32)
-    present = np.zeros(len(rows), bool)
+    request on the event loop: a numpy call there costs ~50-100 us when the loop's caches are cold (low load).
+
+    One bad row never fails the batch: each stored matrix is checked here, per row (a non-finite one is that
+    row's reasoning error, ranked without it), a row whose scores come out non-finite is ranked again without
+    its reasoning, and if the batch run itself fails, every row is run alone so only the guilty one errs."""
+    n = len(rows)
+    hist = np.zeros((n, bundle.max_len), np.int64)
+    reasoning = np.zeros((n, bundle.k, bundle.d), np.float32)
+    present = np.zeros(n, bool)
+    bad = [False] * n
     for i, r in enumerate(rows):
         if r.history:
             hist[i, -len(r.history):] = r.history
         if r.reasoning is not None:
-            reasoning[i], present[i] = r.reasoning.array(), True
-    ids, scores = bundle.run(hist, hist > 0, reasoning, present)
-    return list(zip(ids.tolist(), scores.tolist(), strict=True))  # plain lists: no numpy left for the loop
+            value = r.reasoning.array()
+            if np.isfinite(value).all():
+                reasoning[i], present[i] = value, True
+            else:
+                bad[i] = True
+    try:
+        ids, scores = bundle.run(hist, hist > 0, reasoning, present)
+    except Exception as exc:
+        if n == 1:
+            return [exc]
+        log.warning("batch of %d failed (%s); ranking its rows one by one", n, exc)
+        out: list[Ranked | BaseException] = []
+        for i in range(n):
+            one = _rank_batch(bundle, [rows[i]])[0]
+            out.append(one if isinstance(one, BaseException) or not bad[i] else
+                       Ranked(one.ids, one.scores, reasoning_error=True))
+        return out
+    finite = np.isfinite(scores).all(axis=1)
+    out = [Ranked(i_, s_, b_) for i_, s_, b_ in zip(ids.tolist(), scores.tolist(), bad, strict=True)]
+    if not finite.all():
+        for i in np.flatnonzero(~finite).tolist():
+            out[i] = _without_reasoning(bundle, hist[i:i + 1], present[i])
+    return out  # plain lists: no numpy left for the loop
+
+
+def _without_reasoning(bundle: ServingBundle, hist: np.ndarray, had_reasoning: bool) -> Ranked | BaseException:
+    """A row whose scores were not finite: ranked again without its reasoning (the usual culprit)."""
+    if not had_reasoning:
+        return FloatingPointError("the model gave non-finite scores for this history")
+    ids, scores = bundle.run(hist, hist > 0, np.zeros((1, bundle.k, bundle.d), np.float32), np.zeros(1, bool))
+    if not np.isfinite(scores).all():
+        return FloatingPointError("the model gave non-finite scores for this history")
+    return Ranked(ids[0].tolist(), scores[0].tolist(), reasoning_error=True)
 
 
 async def _await_all(aws: list[Coroutine[Any, Any, T]]) -> list[T]:
@@ -127,109 +165,58 @@ class Recommender:
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="onnx")
         self.breaker = CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_reset_s)
-        self.fetcher = ReasoningFetcher(
-            make_client(settings.redis_url, cluster=settings.redis_cluster,
-                        connect_timeout=settings.redis_connect_timeout_s,
-                        socket_timeout=settings.redis_socket_timeout_s,
-                        max_connections=settings.redis_max_connections),
-            max_age_s=settings.reasoning_max_age_s, deadline_ms=settings.redis_deadline_ms,
-            breaker=self.breaker, on_failure=self._store_failure)
-        self.state: ServingState | None = None
-        self._reload_lock = asyncio.Lock()
-        self.warm = False
+        def client(max_connections: int, socket_timeout: float):
+            return make_client(settings.redis_url, cluster=settings.redis_cluster,
+                               connect_timeout=settings.redis_connect_timeout_s, socket_timeout=socket_timeout,
+                               max_connections=max_connections)
 
-    # ---- lifecycle -------------------------------------------------------------------------------------
-    def _load_config(self) -> LoadedConfig:
-        s = self.settings
-        return single_bundle_config(s.bundle) if s.bundle is not None else load_config(s.experiments)
+        self.fetcher = ReasoningFetcher(
+            client(settings.redis_max_connections, settings.redis_socket_timeout_s),
+            max_age_s=settings.reasoning_max_age_s, deadline_ms=settings.redis_deadline_ms,
+            breaker=self.breaker, on_failure=self._store_failure,
+            probe_client=client(2, settings.readiness_timeout_s), probe_timeout_s=settings.readiness_timeout_s,
+            max_held=settings.redis_held_connections)
+        self._api_keys = [k.get_secret_value().encode() for k in settings.api_keys]
+        self.loop_lag = LoopLagMonitor(on_sample=metrics.loop_lag.set)
+        self._lag_limit_s = settings.loop_lag_shed_ms / 1000.0 if settings.loop_lag_shed_ms else None
+        self.states = ServingStates(settings, metrics, self.executor, _rank_batch)
+        self.warm = False
+        self.exposures = ExposureLog(ExposureSettings(), settings.redis_url, metrics.exposure_events,
+                                     metrics.exposures)
+
+    # ---- lifecycle (the state itself: service.state) ----------------------------------------------------
+    @property
+    def state(self) -> ServingState | None:
+        return self.states.current
 
     async def start(self) -> None:
-        self.state = await self._build(self._load_config(), reuse={})
+        self.loop_lag.start()
+        state = await self.states.start()
+        await self.exposures.start()
         self.warm = True
-        log.info("serving config %s with variants %s", self.state.loaded.version, list(self.state.variants))
+        log.info("serving config %s with variants %s", state.loaded.version, list(state.variants))
 
     async def reload(self) -> ServingState:
         """Re-read the config; load new/changed bundles warm, then swap atomically. Raises ValueError if bad."""
-        async with self._reload_lock:
-            loaded = await asyncio.to_thread(self._load_config)
-            old = self.state
-            new = await self._build(loaded, reuse=old.variants if old else {})
-            self.state = new
-            kept = {id(v.batcher) for v in new.variants.values()}
-            for v in (old.variants.values() if old else []):
-                if id(v.batcher) not in kept:  # bundles no longer served: drain, then stop
-                    await v.batcher.stop()
-            log.info("reloaded config: version %s -> %s, variants %s", old.loaded.version if old else None,
-                     loaded.version, list(new.variants))
-            return new
-
-    async def _build(self, loaded: LoadedConfig, reuse: dict[str, VariantRuntime]) -> ServingState:
-        reusable = {str(v.bundle.path.resolve()): v for v in reuse.values()}
-        variants: dict[str, VariantRuntime] = {}
-        started: list[VariantRuntime] = []
-        try:
-            for name, path in loaded.config.bundle_paths().items():
-                sha = (await asyncio.to_thread(read_manifest, path)).manifest_sha256
-                old = reusable.get(str(path.resolve()))
-                if old is not None and old.manifest_sha256 == sha:
-                    variants[name] = VariantRuntime(name, old.bundle, old.batcher, sha)
-                    continue
-                variants[name] = rt = await asyncio.to_thread(self._open_variant, name, path, sha)
-                await rt.batcher.start()
-                started.append(rt)
-        except BaseException:
-            for rt in started:
-                await rt.batcher.stop()
-            raise
-        self.metrics.model_info.clear()
-        for rt in variants.values():
-            self.metrics.model_info.labels(rt.name, rt.bundle.model_id, rt.bundle.model_version,
-                                           rt.bundle.provider).set(1)
-        return ServingState(loaded, variants)
-
-    def _open_variant(self, name: str, path, sha: str) -> VariantRuntime:
-        s = self.settings
-        bundle = load_bundle(path, providers=s.providers, intra_op_threads=s.ort_intra_op_threads,
-                             inter_op_threads=s.ort_inter_op_threads)
-        took = bundle.warmup(s.warmup_runs, s.max_batch)
-        log.info("variant %s warmed in %.3fs on %s", name, took, bundle.provider)
-        batcher: MicroBatcher[Row, tuple[list[int], list[float]]] = MicroBatcher(
-            lambda rows, b=bundle: _rank_batch(b, rows), executor=self.executor, max_batch=s.max_batch,
-            max_wait_ms=s.max_wait_ms, capacity=s.queue_capacity, workers=s.inference_workers,
-            on_batch=self.metrics.batch_size.observe, name=f"batcher[{name}]")
-        return VariantRuntime(name, bundle, batcher, sha)
+        old, new = await self.states.reload()
+        log.info("reloaded config: version %s -> %s, variants %s", old.loaded.version if old else None,
+                 new.loaded.version, list(new.variants))
+        return new
 
     async def stop(self) -> None:
         self.warm = False
-        state, self.state = self.state, None
-        for v in (state.variants.values() if state else []):
-            await v.batcher.stop(drain_timeout_s=self.settings.drain_timeout_s)  # queued jobs finish first
+        await self.loop_lag.stop()
+        await self.states.stop(drain_timeout_s=self.settings.drain_timeout_s)  # queued jobs finish first
+        await self.exposures.stop()
         await self.fetcher.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def install_sighup(self) -> bool:
         """SIGHUP -> reload (main thread only); returns whether the handler was installed."""
-        loop = asyncio.get_running_loop()
-
-        def _on_hup() -> None:
-            async def _go() -> None:
-                try:
-                    await self.reload()
-                except Exception:
-                    log.exception("SIGHUP reload failed; keeping the current config")
-            loop.create_task(_go())
-
-        try:
-            loop.add_signal_handler(signal.SIGHUP, _on_hup)
-            return True
-        except (NotImplementedError, RuntimeError, ValueError):
-            return False
+        return self.states.install_sighup(self.reload)
 
     def remove_sighup(self) -> None:
-        try:
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
+        self.states.remove_sighup()
 
     # ---- request path ----------------------------------------------------------------------------------
     def _store_failure(self, kind: str) -> None:
@@ -238,12 +225,45 @@ class Recommender:
 
     def _spec(self, rt: VariantRuntime) -> ReasoningSpec:
         version = self.settings.reasoning_version or rt.bundle.reasoning_version
-        return ReasoningSpec(version, rt.bundle.k, rt.bundle.d)
+        return ReasoningSpec(version, rt.bundle.k, rt.bundle.d, max_history=self.settings.max_history)
 
     def require_state(self) -> ServingState:
         if self.state is None or not self.warm:
             raise NotReadyError("service is not ready")
         return self.state
+
+    def admit(self) -> None:
+        """Refuse a new request at once (QueueTimeoutError) while the event loop runs later than the queue
+        deadline: it could not start in time, and refusing costs the loop less than serving late."""
+        if self._lag_limit_s is not None and self.loop_lag.lag_s > self._lag_limit_s:
+            raise LoopLagError(f"event loop {self.loop_lag.lag_s * 1000:.0f} ms late")
+
+    def authenticate(self, headers) -> bool | None:
+        """None: no keys configured (auth off); else whether the request carries one of the keys
+        (`Authorization: Bearer <key>` or `X-API-Key`). Every key is compared, in constant time each, so the
+        time taken does not tell which key or how much of it matched."""
+        keys = self._api_keys
+        if not keys:
+            return None
+        given = headers.get("x-api-key")
+        if given is None:
+            scheme, _, value = (headers.get("authorization") or "").partition(" ")
+            given = value.strip() if scheme.lower() == "bearer" else None
+        if not given:
+            return False
+        candidate = given.encode()
+        ok = False
+        for key in keys:
+            ok |= secrets.compare_digest(candidate, key)
+        return ok
+
+    def finish(self, results: list[RecResult], total_s: float, headers, config_version: str) -> list[str]:
+        """The one place a served request is finished, per user, before its response is written: metrics and
+        exposure events (queued, written off the request's path). Returns each result's request id."""
+        self.record(results, total_s)
+        ids = request_ids(headers.get(REQUEST_ID_HEADER), len(results))
+        self.exposures.emit(ids, results, config_version)
+        return ids
 
     def check_admin(self, token: str | None) -> bool:
         expected = self.settings.admin_token
@@ -257,26 +277,28 @@ class Recommender:
                 raise RequestError(["header", "X-Scoter-Variant"],
                                    f"unknown variant {forced_variant!r} (have {sorted(state.variants)})")
             return Assignment(exp.key, forced_variant, False, forced=True)
-        return assign(exp, user_id)
+        return state.loaded.assigner.assign(user_id)
 
     def record(self, results: list[RecResult], total_s: float) -> None:
-        """Stage times, reasoning outcomes and exposures (once per served request in the experiment: not
-        forced, not outside coverage) of the requests just served."""
+        """Stage times and reasoning outcomes of the requests just served (exposures: `self.exposures.emit`)."""
         m = self.metrics
         for res in results:
-            v, a = res.assignment.variant, res.assignment
+            v = res.assignment.variant
             m.child(m.stage_seconds, "redis", v).observe(res.redis_s)
             m.child(m.stage_seconds, "queue", v).observe(res.queue_s)
             m.child(m.stage_seconds, "inference", v).observe(res.inference_s)
             m.child(m.reasoning, res.reasoning, v).inc()
-            if a.in_experiment and not a.forced:
-                m.child(m.exposures, a.experiment, v).inc()
         for v in {res.assignment.variant for res in results}:
             m.child(m.stage_seconds, "total", v).observe(total_s)
 
     async def recommend(self, state: ServingState, reqs: list[RecRequest],
-                        assignments: list[Assignment], loc_prefix: list[str | int]) -> list[RecResult]:
-        """Serve several users; groups them by variant so each group is one MGET, rows share batches."""
+                        assignments: list[Assignment], loc_prefix: list[str | int],
+                        trusted: bool = True) -> list[RecResult]:
+        """Serve several users; groups them by variant so each group is one MGET, rows share batches.
+
+        `trusted`: the caller authenticated (or auth is required and passed). An untrusted caller's
+        `exclude_seen: false` does not apply to a stored history: comparing the two answers would list the
+        user's stored items."""
 
         def loc(i: int) -> list[str | int]:
             return [*loc_prefix, *([i] if len(reqs) > 1 else [])]
@@ -290,6 +312,7 @@ class Recommender:
 
         async def serve_group(variant: str, idx: list[int]) -> None:
             rt = state.variants[variant]
+            rt.batcher.admit()  # under overload: refuse before the store fetch, not after it
             t0 = time.perf_counter()
             fetched = await self.fetcher.fetch([reqs[i].user_id for i in idx],
                                                [reqs[i].history is None for i in idx], self._spec(rt))
@@ -298,17 +321,22 @@ class Recommender:
             rows = [self._row(rt.bundle, mapped[i], f) for i, f in zip(idx, fetched, strict=True)]
             outs = await _await_all([rt.batcher.submit(row) for row, _, _ in rows])
             for i, f, (row, seen, source), out in zip(idx, fetched, rows, outs, strict=True):
-                ids, scores = out.value
-                items = self._items(rt.bundle, ids, scores, seen if reqs[i].exclude_seen else set(), reqs[i].k)
+                ranked: Ranked = out.value
+                status = f.status
+                if ranked.reasoning_error:
+                    status = "error"
+                    self.metrics.errors.labels("reasoning_value").inc()
+                exclude = seen if reqs[i].exclude_seen or (source == "store" and not trusted) else set()
+                items = self._items(rt.bundle, ranked.ids, ranked.scores, exclude, reqs[i].k)
                 results[i] = RecResult(reqs[i].user_id, items, assignments[i], rt.bundle.model_id,
-                                       rt.bundle.model_version, f.status, source, len(row.history),
+                                       rt.bundle.model_version, status, source, len(row.history),
                                        redis_s, out.queue_wait_s, out.inference_s)
 
         await _await_all([serve_group(v, idx) for v, idx in groups.items()])
         return results  # type: ignore[return-value]
 
     @staticmethod
-    def _check(bundle: Bundle, req: RecRequest, loc: list[str | int]) -> list[int] | None:
+    def _check(bundle: ServingBundle, req: RecRequest, loc: list[str | int]) -> list[int] | None:
         """k within the beam and every request item known; the request history as item indices (None: the
         history comes from the store)."""
         if req.k > bundle.beam:
@@ -322,7 +350,7 @@ class Recommender:
             raise RequestError([*loc, "history", j], f"unknown item id {req.history[j]!r}")
         return out
 
-    def _row(self, bundle: Bundle, mapped: list[int] | None, fetched: UserFetch) -> tuple[Row, set[int], str]:
+    def _row(self, bundle: ServingBundle, mapped: list[int] | None, fetched: UserFetch) -> tuple[Row, set[int], str]:
         if mapped is not None:
             source, index = "request", mapped
         elif fetched.history is not None:
@@ -335,7 +363,7 @@ class Recommender:
         return Row(index[-bundle.max_len:], fetched.reasoning), set(index), source
 
     @staticmethod
-    def _items(bundle: Bundle, ids: list[int], scores: list[float], seen: set[int],
+    def _items(bundle: ServingBundle, ids: list[int], scores: list[float], seen: set[int],
                k: int) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
         for ix, sc in zip(ids, scores, strict=True):

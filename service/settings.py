@@ -26,7 +26,11 @@ class ServiceSettings(BaseSettings):
     redis_cluster: bool = False
     redis_connect_timeout_s: float = Field(0.05, gt=0)
     redis_socket_timeout_s: float = Field(0.05, gt=0)
-    redis_max_connections: int = Field(64, ge=1)
+    redis_max_connections: int = Field(64, ge=1, description="fetch connections; a fetch that finds none free "
+                                       "waits for one inside its deadline (counted as redis_pool_exhausted)")
+    redis_held_connections: int = Field(4, ge=0, description="fetch connections kept checked out between "
+                                        "fetches (the fast path); the rest go back to the pool when idle")
+    readiness_timeout_s: float = Field(1.0, gt=0, description="/readyz Redis ping, on a connection of its own")
     redis_deadline_ms: float = Field(25.0, gt=0, description="per-request budget for the store fetch")
     reasoning_version: str | None = Field(None, description="overrides the bundle manifest's reasoning_version")
     reasoning_max_age_s: int = Field(30 * 24 * 3600, ge=1)
@@ -46,6 +50,12 @@ class ServiceSettings(BaseSettings):
         0.0, ge=0, description="extra wait for companions once the worker is free; 0 = greedy: dispatch at once "
         "and batch whatever queued while the previous batch ran")
     queue_capacity: int = Field(256, ge=1)
+    queue_timeout_ms: float = Field(
+        50.0, ge=0, description="queue deadline: a request that cannot start inference within this long is "
+        "refused (429, Retry-After) at once; 0 = no deadline (only queue_capacity sheds)")
+    loop_lag_shed_ms: float = Field(
+        50.0, ge=0, description="while the event loop runs timers later than this, new recommendation requests "
+        "are refused at once (429, rejections reason loop_lag): under overload the loop is the queue; 0 = off")
 
     # request limits
     max_history: int = Field(1000, ge=1, description="longer request histories are rejected (422)")
@@ -66,6 +76,10 @@ class ServiceSettings(BaseSettings):
     # observability: Prometheus always; FastAPI's own OpenTelemetry (traces, metrics, logs to the global
     # providers) only when asked, since even unconfigured it checks the providers on every request
     otel_telemetry: bool = Field(False, description="enable FastAPI's native OpenTelemetry instrumentation")
+
+    # callers: with api_keys set, the recommendation routes need one of them (`Authorization: Bearer <key>` or
+    # `X-API-Key: <key>`; several keys for rotation). Off by default (local use, or auth at a gateway)
+    api_keys: list[SecretStr] = Field([], description="JSON list, e.g. '[\"k1\", \"k2\"]'")
 
     # experiments / admin
     admin_token: SecretStr | None = None

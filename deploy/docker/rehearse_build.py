@@ -94,7 +94,7 @@ def _get(url: str) -> int:
 def start_like_runtime(venv: Path, work: Path, port: int) -> dict:
     """`scoter serve --bundle` from the rehearsed venv (a tiny real bundle built with this interpreter)."""
     sys.path.insert(0, str(REPO))
-    from tests.service.bundle_builder import build_bundle
+    from model_export.testing import build_bundle
 
     bundle = work / "bundles" / "tiny"
     build_bundle(bundle)

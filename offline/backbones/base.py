@@ -35,6 +35,25 @@ class GenerativeBackbone(nn.Module):
         self.register_buffer("codes", check_codes(codes, codebook_sizes), persistent=True)
         self.codebook_sizes = list(codebook_sizes)
         self.fusion: nn.Module | None = None
+        self.head: nn.Module | None = None  # an ItemAwareHead replaces the decoder (offline/backbones/item_head.py)
+
+    @property
+    def all_positions(self) -> bool:
+        """Whether training uses one sequence per user with a loss at every position (the item-aware head)."""
+        return self.head is not None
+
+    def item_table(self) -> torch.Tensor:
+        """Every item's input embedding [n_items+1, d] (row 0 = padding): the tied leaf of the item-aware head."""
+        return self.item_embedding(torch.arange(self.n_items + 1, device=self.codes.device))
+
+    def sequence_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """All-position loss: inputs [B,T] (left-padded), targets [B,T] (the next item at each position, 0 = no
+        loss); one encoder pass, the item-aware head's loss at every real position."""
+        if self.head is None:
+            raise ValueError("sequence_loss needs the item-aware head (config head='item')")
+        mem, _ = self.memory(inputs)
+        real = targets > 0
+        return self.head.loss(mem[real], targets[real], self.item_table())
 
     @property
     def n_items(self) -> int:
@@ -80,9 +99,12 @@ class GenerativeBackbone(nn.Module):
         reasoning: torch.Tensor | None = None,
         present: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Log-likelihood of each candidate item's full code tuple: history [B,T], items [B,C] -> [B,C].
-        Exhaustive scoring; the reference the beam search is tested against."""
+        """Log-likelihood of each candidate item's full code tuple (the item-aware head: the score its beam ranks
+        by): history [B,T], items [B,C] -> [B,C]. Exhaustive scoring; the reference the beam search is tested
+        against."""
         mem, mask = self.memory(history, reasoning, present)
+        if self.head is not None:
+            return self.head.item_scores(mem[:, -1], self.item_table()).gather(1, items)
         B, C = items.shape
         mem = mem.repeat_interleave(C, dim=0)
         mask = mask.repeat_interleave(C, dim=0)
@@ -103,15 +125,18 @@ class GenerativeBackbone(nn.Module):
         """Teacher-forced cross-entropy over the target's code tuple, plus the fusion module's weighted
         contrastive loss when a fusion module with ``contrastive_loss`` is attached and H is given."""
         mem, mask = self.memory(history, reasoning, present)
+        if self.head is not None:  # the newest position's state, as in every row of all-position training
+            total, parts = self.head.loss(mem[:, -1], targets, self.item_table())
+            aux = self.aux_loss(targets, reasoning, present)
+            if aux is not None:
+                parts["aux"] = float(aux.detach())
+                total = total + aux
+            return total, parts
         codes = self.codes[targets]
         logits = self.decode_logits(mem, mask, codes)
         ce = sum(F.cross_entropy(lg.float(), codes[:, pos]) for pos, lg in enumerate(logits)) / len(logits)
         parts = {"ce": float(ce.detach())}
         total = ce
-        item = self.item_loss(mem, targets)
-        if item is not None:
-            parts["item"] = float(item.detach())
-            total = total + item
         aux = self.aux_loss(targets, reasoning, present)
         if aux is not None:
             parts["aux"] = float(aux.detach())
@@ -129,19 +154,6 @@ class GenerativeBackbone(nn.Module):
             trie = TrieTensors.for_model(self).to(self.codes.device)
             self.__dict__["_trie_cache"] = trie  # plain attribute: not a submodule, not in state_dict
         return recommend(self, histories, k, trie, beam=max(beam, k), batch_size=batch_size)
-
-    def item_loss(self, mem: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
-        """weight * softmax cross-entropy of the target among all items, scored by the newest memory slot against
-        the tied item embeddings. Off unless the config sets ``item_loss_weight``: it trains the encoder state the
-        decoder reads to single out the item itself, not only its code cluster (the SID loss alone leaves rare
-        items behind, see BENCHMARKS.md)."""
-        weight = float(getattr(getattr(self, "config", None), "item_loss_weight", 0.0))
-        if weight == 0.0:
-            return None
-        table = self.item_embedding(torch.arange(self.n_items + 1, device=targets.device))
-        logits = mem[:, -1].float() @ table.float().T
-        logits[:, 0] = float("-inf")  # padding is never a target
-        return weight * F.cross_entropy(logits, targets)
 
     def aux_loss(
         self, targets: torch.Tensor, reasoning: torch.Tensor | None, present: torch.Tensor | None

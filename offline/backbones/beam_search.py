@@ -11,21 +11,22 @@ import torch
 from torch import nn
 
 from offline.backbones.base import GenerativeBackbone
+from offline.backbones.item_head import item_aware_beam_search
 from offline.backbones.layers import BOS
 
 NEG_INF = float("-inf")
 
 
 class TrieLike(Protocol):
-    """What offline.trie.PrefixTrie provides: next_node[l] [n_nodes_l, V_l] (-1 = absent), leaf_item [n_leaves]."""
+    """What offline.semantic_ids.trie.PrefixTrie provides: next_node[l] [n_nodes_l, V_l] (-1 = absent), leaf_item [n_leaves]."""
 
     next_node: list[np.ndarray]
     leaf_item: np.ndarray
 
 
 def build_trie(codes_body: np.ndarray, codebook_sizes: list[int]) -> TrieLike:
-    """Trie over item code tuples (row j = item j+1), i.e. offline.trie.PrefixTrie."""
-    from offline.trie import PrefixTrie
+    """Trie over item code tuples (row j = item j+1), i.e. offline.semantic_ids.trie.PrefixTrie."""
+    from offline.semantic_ids.trie import PrefixTrie
 
     return PrefixTrie.from_codes(np.asarray(codes_body), list(codebook_sizes))
 
@@ -76,6 +77,10 @@ def constrained_beam_search(
         raise ValueError(f"topk: must be in 1..beam={beam}, got {topk}")
     if trie.levels != model.code_length:
         raise ValueError(f"trie: {trie.levels} levels for code length {model.code_length}")
+    if model.head is not None:
+        items, scores = item_aware_beam_search(model, history, trie, beam, topk, reasoning, present)
+        items, scores = _order_by_score_then_item(items, scores)
+        return items[:, :topk], scores[:, :topk]
     mem, mask = model.memory(history, reasoning, present)
     B = mem.shape[0]
     dec = model.decoder

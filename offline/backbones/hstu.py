@@ -10,6 +10,7 @@ from torch import nn
 
 from offline.backbones.base import GenerativeBackbone
 from offline.backbones.config import HstuConfig
+from offline.backbones.item_head import ItemAwareHead
 from offline.backbones.layers import CodeDecoder
 
 
@@ -67,7 +68,10 @@ class HstuModel(GenerativeBackbone):
         )
         self.ln_out = nn.LayerNorm(d)
         self.drop = nn.Dropout(config.dropout)
-        self.decoder = CodeDecoder(config.decoder, self.codebook_sizes, d_memory=d)
+        if config.head == "item":
+            self.head = ItemAwareHead(self.codes, d, config.prefix_depths, config.prefix_weight)
+        else:
+            self.decoder = CodeDecoder(config.decoder, self.codebook_sizes, d_memory=d)
 
     def item_embedding(self, items: torch.Tensor) -> torch.Tensor:
         """Item-ID embedding (if configured) + sum of its per-position semantic-ID embeddings (width d_model)."""

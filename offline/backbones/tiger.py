@@ -1,6 +1,6 @@
 """TIGER (Rajput et al. 2023) as configured in SCoTER: a T5-style encoder-decoder over semantic-ID tokens.
 
-A lean re-implementation instead of HF T5 (about 25 min/epoch on 2 CPU cores): pre-LN layers on torch SDPA,
+A lean re-implementation instead of HF T5 (cheaper per epoch on CPUs): pre-LN layers on torch SDPA,
 learned absolute positions (token slot + code position) instead of T5's bucketed relative bias, and one token
 embedding shared by the encoder, the decoder input and the tied output head."""
 

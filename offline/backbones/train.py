@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,17 +16,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from offline import distributed
 from offline.backbones.base import GenerativeBackbone
 from offline.backbones.beam_search import TrieTensors, recommend
 from offline.backbones.config import HstuConfig, TigerConfig, TrainConfig
 from offline.backbones.hstu import HstuModel
 from offline.backbones.tiger import TigerModel
-from offline.data import Dataset, LeaveOneOut, load_benchmark
-from offline.evaluation import rank_metrics, write_result
-from offline.semantic_ids import SemanticIds
+from offline.data.datasets import LeaveOneOut
+from offline.data.evaluation import rank_metrics, write_result
+from offline.data.splits import Splits
+from offline.semantic_ids.codes import SemanticIds
 from offline.training_utils import (
     EarlyStopping,
     load_checkpoint,
+    resolve_device,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -56,32 +58,6 @@ def build_model(
     raise ValueError(f"backbone: expected 'tiger' or 'hstu', got {backbone!r}")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} requested but CUDA is not available")
-    return torch.device(name)
-
-
-@dataclass
-class Splits:
-    """Leave-one-out arrays for one dataset (histories left-padded to max_len)."""
-
-    dataset: Dataset
-    train: tuple[np.ndarray, np.ndarray]
-    valid: tuple[np.ndarray, np.ndarray]
-    test: tuple[np.ndarray, np.ndarray]
-
-    @classmethod
-    def load(cls, name: str, max_len: int = 20, max_users: int | None = None, root: Path | None = None) -> Splits:
-        ds = load_benchmark(name, root)
-        if max_users:
-            ds = ds.subset(max_users)
-        loo = LeaveOneOut(ds, max_len=max_len)
-        return cls(ds, loo.train_examples(), loo.eval_examples("valid"), loo.eval_examples("test"))
-
-
 def evaluate(
     model: GenerativeBackbone,
     trie: TrieTensors,
@@ -106,16 +82,6 @@ def lr_factor(cfg: TrainConfig, step: int, progress: float) -> float:
     return warm * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0))))
 
 
-def export_weights(checkpoint: Path | str, dest: Path | str, half: bool = True) -> Path:
-    """Weights-only copy of a checkpoint (float16 by default: half the bytes, for moving a trained model
-    between machines; `init_from` loads it back as float32)."""
-    state = load_checkpoint(checkpoint)
-    weights = {k: (v.half() if half and v.is_floating_point() else v) for k, v in state["model"].items()}
-    keep = {k: state[k] for k in ("backbone", "model_config", "epoch") if k in state}
-    save_checkpoint(dest, {**keep, "model": weights})
-    return Path(dest)
-
-
 class Trainer:
     """Owns one run directory: ``last.pt`` (full state, every epoch), ``best.pt`` (weights of the best
     validation epoch), ``log.jsonl`` (one line per epoch), ``result.json`` (final test metrics)."""
@@ -133,7 +99,8 @@ class Trainer:
     ) -> None:
         self.backbone, self.splits, self.out = backbone, splits, Path(out_dir)
         self.cfg = train_cfg
-        self.device = resolve_device(device)
+        self.dist = distributed.init(resolve_device(device))  # world size 1 unless started by torchrun
+        self.device = distributed.local_device(resolve_device(device))
         if codes.n_items != splits.dataset.n_items:
             raise ValueError(
                 f"codes: {codes.n_items} items but dataset {splits.dataset.name} has {splits.dataset.n_items}"
@@ -186,6 +153,7 @@ class Trainer:
             "finished": self.finished,
             "rng": rng_state(),
             "dataset": self.splits.dataset.name,
+            "world_size": self.dist.world_size,
         }
 
     def _resume(self) -> None:
@@ -204,9 +172,12 @@ class Trainer:
                  self.backbone, self.out / LAST, self.epoch, self.stopper.best)
 
     def _save(self) -> None:
-        save_checkpoint(self.out / LAST, self._state())
+        if self.dist.is_main:  # rank 0 alone writes; every rank reads last.pt to resume
+            save_checkpoint(self.out / LAST, self._state())
 
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -220,16 +191,16 @@ class Trainer:
 
     def _progress(self, n_batches: int) -> float:
         """Share of the run done: of the time budget if there is one, else of all epochs' steps."""
-        if self.cfg.time_budget_s is not None:
-            return self.elapsed_s() / self.cfg.time_budget_s
+        if self.cfg.time_budget_s is not None:  # the slowest rank's clock: every rank sets the same lr
+            return distributed.max_float(self.elapsed_s()) / self.cfg.time_budget_s
         return self.step / max(1, self.cfg.epochs * n_batches)
 
     def _batches_per_epoch(self, n_examples: int) -> int:
         return (n_examples + self.cfg.batch_size - 1) // self.cfg.batch_size
 
     def _warn_if_not_annealed(self, n_examples: int) -> None:
-        """Early stopping under a cosine schedule sized to the budget can end the run at a high learning rate;
-        measured on Beauty, the fully annealed 45-min HSTU beat the 95-min one stopped at 55% of it (BENCHMARKS.md)."""
+        """Early stopping under a cosine schedule sized to the budget can end the run at a high learning rate, and
+        on Beauty a fully annealed shorter run beat a longer one stopped half-way (BENCHMARKS.md)."""
         if self.cfg.schedule != "cosine":
             return
         factor = lr_factor(self.cfg, self.step, self._progress(self._batches_per_epoch(n_examples)))
@@ -244,8 +215,16 @@ class Trainer:
         return self.backbone
 
     def batch_loss(self, idx: torch.Tensor, hist: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Loss of one mini-batch (rows ``idx`` of the training tensors) and its logged parts ("ce", "item", "aux")."""
+        """Loss of one mini-batch (rows ``idx`` of the training tensors) and its logged parts ("ce", "prefix", "aux")."""
+        if self.model.all_positions:
+            return self.model.sequence_loss(hist[idx], tgt[idx])
         return self.model.loss(hist[idx], tgt[idx])
+
+    def training_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """What an epoch shuffles: one row per user sequence (all-position models) or one per prefix."""
+        if self.model.all_positions:
+            return LeaveOneOut(self.splits.dataset, self.model.config.max_len).train_sequence_examples()
+        return self.splits.train
 
     def validation_metrics(self, v_hist: np.ndarray, v_tgt: np.ndarray) -> dict[str, float]:
         """Metrics on the validation subset that early stopping watches."""
@@ -261,16 +240,19 @@ class Trainer:
         self.model.train()
         n, bs = hist.shape[0], self.cfg.batch_size
         n_batches = self._batches_per_epoch(n)
-        perm = torch.randperm(n).to(self.device)
+        perm = distributed.epoch_permutation(n, self.cfg.seed, self.epoch, self.device)  # same on every rank
         sums: dict[str, float] = {"ce": 0.0}  # every loss part the model reports, shown on the progress bar
         batches, out_of_time = 0, False
-        bar = tqdm(range(0, n, bs), desc=f"{self.run_name} epoch {self.epoch + 1}", unit="batch", mininterval=5)
+        bar = tqdm(range(0, n, bs), desc=f"{self.run_name} epoch {self.epoch + 1}", unit="batch", mininterval=5,
+                   disable=not self.dist.is_main)
         for start in bar:
-            idx = perm[start : start + bs]
+            if n - start < self.dist.world_size:  # a last batch too small to give every rank a row
+                break
+            idx = distributed.local_rows(perm[start : start + bs])  # bs is the global batch; this rank's slice
             lr = self.cfg.lr * lr_factor(self.cfg, self.step, self._progress(n_batches))
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            loss, parts = self.batch_loss(idx, hist, tgt)
+            loss, parts = self._ddp(self.batch_loss, idx, hist, tgt)  # DDP averages the gradients over ranks
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -281,11 +263,11 @@ class Trainer:
             batches += 1
             if batches % 20 == 0:
                 bar.set_postfix({**{k: f"{v / batches:.4f}" for k, v in sums.items()}, "lr": f"{lr:.2e}"})
-            if deadline is not None and time.monotonic() > deadline:
-                out_of_time = True
+            if deadline is not None and distributed.any_true(time.monotonic() > deadline):
+                out_of_time = True  # on every rank at once: none is left waiting in an all-reduce
                 break
         bar.close()
-        return sums["ce"] / max(batches, 1), out_of_time
+        return distributed.sum_float(sums["ce"]) / max(distributed.sum_float(batches), 1), out_of_time
 
     def fit(self) -> None:
         """Train until epochs, patience or the time budget runs out; checkpoint every epoch."""
@@ -299,12 +281,16 @@ class Trainer:
             return
         self.t_start = time.monotonic()
         deadline = None if budget is None else self.t_start + budget - self.elapsed_before_s
-        hist = torch.as_tensor(self.splits.train[0]).to(self.device)
-        tgt = torch.as_tensor(self.splits.train[1]).to(self.device)
+        train_hist, train_tgt = self.training_arrays()
+        hist = torch.as_tensor(train_hist).to(self.device)
+        tgt = torch.as_tensor(train_tgt).to(self.device)
         v_hist, v_tgt = self.splits.valid
         v_hist, v_tgt = v_hist[self.valid_subset], v_tgt[self.valid_subset]
         t_run = time.monotonic()
         out_of_time = False
+        self._ddp = distributed.wrap(self.model, find_unused_parameters=True)  # after any fusion is attached
+        if self.dist.rank:
+            torch.manual_seed(self.cfg.seed + self.dist.rank)  # a dropout stream of its own per rank
         while self.epoch < self.cfg.epochs:
             t0 = time.monotonic()
             loss, out_of_time = self._train_epoch(hist, tgt, deadline)
@@ -334,10 +320,10 @@ class Trainer:
         self, v_hist: np.ndarray, v_tgt: np.ndarray, loss: float, train_s: float, partial: bool = False
     ) -> None:
         t0 = time.monotonic()
-        metrics = self.validation_metrics(v_hist, v_tgt)
+        metrics = distributed.broadcast_object(self.validation_metrics(v_hist, v_tgt))  # rank 0's drive stopping
         key = f"recall@{min(10, self.cfg.beam)}"
         improved = self.stopper.step(metrics[key], self.epoch)
-        if improved:
+        if improved and self.dist.is_main:
             save_checkpoint(self.out / BEST, self.best_state())
         record = {"epoch": self.epoch, "partial": partial, "step": self.step, "loss": loss, "train_s": train_s,
                   "eval_s": time.monotonic() - t0, "valid_subset": metrics, "best": self.stopper.best}
@@ -349,6 +335,9 @@ class Trainer:
     # -- final evaluation -----------------------------------------------------------------------------------
     def final_evaluation(self, result_path: Path | None = None, progress: bool = True) -> dict[str, Any]:
         """Best weights on the full validation and test splits (beam search), written as a results JSON."""
+        distributed.barrier()  # best.pt is complete
+        if not self.dist.is_main:
+            return {}  # rank 0 evaluates and writes
         best = self.out / BEST
         if best.exists():
             self.model.load_state_dict(load_checkpoint(best)["model"])
@@ -372,11 +361,3 @@ class Trainer:
             parameters=sum(p.numel() for p in self.model.parameters()),
         )
         return metrics
-
-
-def load_model(path: Path | str, codes: SemanticIds) -> GenerativeBackbone:
-    """Rebuild a trained backbone from ``best.pt``/``last.pt`` (for export and the fusion stage)."""
-    state = load_checkpoint(path)
-    model = build_model(state["backbone"], codes.codes, codes.codebook_sizes, state["model_config"])
-    model.load_state_dict(state["model"])
-    return model.eval()

@@ -32,6 +32,12 @@ class SamplingParams(BaseModel):
     max_tokens: int = Field(256, ge=1, le=8192)
     seed: int | None = Field(None, description="per-request seed where the backend supports one")
     stop: tuple[str, ...] = ()
+    grammar: str | None = Field(None, description="EBNF (xgrammar / GBNF dialect) the answer must match; sent "
+                                "as vLLM's guided_grammar over HTTP")
+    repetition_penalty: float = Field(1.0, ge=1.0, le=3.0, description="CTRL-style penalty on tokens already "
+                                      "generated (a 135M model loops without it); local engine only")
+    line_max_tokens: int | None = Field(None, ge=1, description="cap per output line (one template step or "
+                                        "section per line): the newline is forced once the grammar allows it")
 
 
 class LocalLLMConfig(BaseModel):
@@ -44,6 +50,9 @@ class LocalLLMConfig(BaseModel):
     batch_size: int = Field(8, ge=1)
     max_input_tokens: int = Field(768, ge=16, description="prompts are left-truncated to this length")
     num_threads: int = Field(1, ge=1, description="torch threads (the sandbox has 2 shared cores)")
+    engine: Literal["torch", "hf"] = Field(
+        "torch", description="torch: this package's batched decoder (shared-prefix KV cache, grammars, token "
+        "caps); hf: transformers' generate() (the reference it is measured against)")
     name: str = "smollm2-135m-instruct"
 
     def resolved(self) -> tuple[str, str | None]:
@@ -74,6 +83,12 @@ class GVMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str = "beauty"
+    variant: Literal["paper", "plain", "grounded", "hindsight"] = Field(
+        "grounded", description="paper: Figure 9 verbatim (free text, guided rounds); plain: compact history "
+        "only; grounded: + profile and 'bought together' candidates from training co-occurrence; hindsight: "
+        "grounded + the item bought right after the history (seq[-3], a training interaction)")
+    structured: bool = Field(True, description="grammar-constrained answers (xgrammar) for plain/grounded/"
+                             "hindsight; the paper variant keeps the prefilled-tag rounds")
     users: int = Field(48, ge=2, description="training users sampled for discovery")
     seed: int = 0
     samples_per_user: int = Field(1, ge=1)
@@ -93,6 +108,12 @@ class GVMConfig(BaseModel):
     min_steps: int = 2
     max_steps: int = 6
     template_max_tokens: int = 256
+    candidates: int = Field(20, ge=1, le=50, description="grounded candidates shown (and recommendable)")
+    reason_chars: int = Field(100, ge=16, description="structured: the reason's length bound")
+    plain_recs: int = Field(10, ge=1, description="plain: free-text recommendations; each maps to its "
+                            "recall_k // plain_recs nearest catalogue items")
+    line_max_tokens: int = Field(56, ge=4, description="structured: token cap per line")
+    repetition_penalty: float = Field(1.1, ge=1.0, le=3.0)
 
 
 class DistillConfig(BaseModel):
@@ -103,9 +124,15 @@ class DistillConfig(BaseModel):
     dataset: str = "beauty"
     template: str = Field("discovered", description="discovered | two_step | three_step | five_step | beauty_paper")
     teacher_users: int = Field(128, ge=1)
-    teacher_mode: Literal["scaffold", "free"] = Field(
-        "scaffold", description="scaffold: each step header is forced and the model continues it (guided "
-        "decoding, always template-shaped); free: one generation parsed into steps (missing steps rejected)")
+    teacher_mode: Literal["structured", "scaffold", "free"] = Field(
+        "structured", description="structured: grounded prompt, one grammar-constrained generation with every "
+        "step header in order; scaffold: each step header prefilled in its own round (paper prompt); free: one "
+        "unconstrained generation parsed into steps (missing steps rejected)")
+    step_chars: int = Field(70, ge=16, description="structured: length bound of one step's text")
+    chunk_rows: int = Field(64, ge=1, description="structured: rows per generate call (resume granularity)")
+    max_seconds: float | None = Field(None, gt=0, description="structured: stop starting new chunks after this "
+                                      "wall time and keep the chains written so far")
+    repetition_penalty: float = Field(1.1, ge=1.0, le=3.0)
     oracle: bool = Field(False, description="R2END oracle-guided teacher (target seq[-3] from seq[:-3] only)")
     step_max_tokens: int = Field(48, ge=4)
     free_max_tokens: int = Field(320, ge=16)

@@ -10,7 +10,7 @@ from typing import Literal
 
 import numpy as np
 
-from offline.data import Dataset, load_benchmark
+from offline.data.datasets import Dataset, load_benchmark
 
 Split = Literal["train", "valid", "test"]
 SPLITS: tuple[Split, ...] = ("train", "valid", "test")
@@ -40,9 +40,10 @@ def texts(ds: Dataset, items: Sequence[int] | np.ndarray) -> list[str]:
 
 
 def sample_users(ds: Dataset, n: int, seed: int, min_len: int = 4) -> list[int]:
-    """Row indices of n users (seeded), among those whose training part is non-empty."""
+    """Row indices of n users (seeded), among those whose training part is non-empty. Prefix-stable: the n
+    users are the first n of one seeded permutation, so a smaller run reuses a larger run's cached answers."""
     ok = [u for u, s in enumerate(ds.sequences) if len(s) >= min_len]
     if not ok:
         raise ValueError(f"{ds.name}: no user has at least {min_len} interactions")
     rng = np.random.default_rng(seed)
-    return sorted(rng.choice(ok, size=min(n, len(ok)), replace=False).tolist())
+    return sorted(rng.permutation(ok)[:n].tolist())

@@ -1,13 +1,17 @@
-"""Sentence encoding of reasoning steps into H (K x D) and of catalogue items for validation."""
+"""Sentence encoding of reasoning steps into H (K x D) and of catalogue items for validation, and the user shards
+that let many workers encode (and publish) H at once."""
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +25,7 @@ def embedding_dim(encoder: Any) -> int:
 @functools.lru_cache(maxsize=1)
 def sentence_encoder() -> Any:
     """The packaged MiniLM (384-d), loaded once per process."""
-    from offline.embeddings import load_sentence_encoder
+    from offline.semantic_ids.embeddings import load_sentence_encoder
 
     return load_sentence_encoder()
 
@@ -43,7 +47,7 @@ def pooled_cached(texts: Sequence[str], *, max_seq_length: int, batch_size: int 
     import copy
     import hashlib
 
-    from offline.reasoning.io import save_npy
+    from scoter.io import save_npy
     from scoter.paths import cache_root
 
     h = hashlib.sha256(f"minilm\0{max_seq_length}\0{len(texts)}\0".encode())
@@ -76,8 +80,8 @@ def history_vectors(histories: Sequence[Sequence[int]], item_emb: np.ndarray, *,
 
 
 def item_embeddings(dataset: Any) -> np.ndarray:
-    """Catalogue embeddings [n_items, D] (row i-1 = item i), cached on disk by offline.embeddings."""
-    from offline.embeddings import EmbeddingConfig, ItemEmbedder
+    """Catalogue embeddings [n_items, D] (row i-1 = item i), cached on disk by offline.semantic_ids.embeddings."""
+    from offline.semantic_ids.embeddings import EmbeddingConfig, ItemEmbedder
 
     return ItemEmbedder(EmbeddingConfig(show_progress=False), encoder=sentence_encoder()).encode_items(dataset)
 
@@ -105,3 +109,146 @@ def chains_to_h(chains: Sequence[Sequence[str] | None], k: int, *, batch_size: i
         rows, cols = zip(*where, strict=True)
         h[list(rows), list(cols)] = vecs
     return h, present
+
+
+# -- shards ---------------------------------------------------------------------------------------------------
+SHARD_BLOCK = 10_000  # rows per block; a multiple of every usual publish batch size (100, 250, 500, 1000, ...)
+SHARD_FILE = "shard.json"
+
+
+class Shard(BaseModel):
+    """Shard `index` of `count`: the users in blocks of `block` rows (in user_ids order) with block % count ==
+    index. Round-robin blocks keep shards within one block of each other in size, and a block is a whole number
+    of publish batches, so a shard's progress markers are those an unsharded run writes for the same rows."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int = Field(0, ge=0)
+    count: int = Field(1, ge=1)
+    block: int = Field(SHARD_BLOCK, ge=1)
+
+    @model_validator(mode="after")
+    def _index_below_count(self) -> Shard:
+        if self.index >= self.count:
+            raise ValueError(f"shard: index {self.index} is not below count {self.count}")
+        return self
+
+    @classmethod
+    def parse(cls, spec: str, block: int = SHARD_BLOCK) -> Shard:
+        """'i/n' (0-based i), e.g. '0/4'; 'n' alone means the index comes from JOB_COMPLETION_INDEX (a
+        Kubernetes Indexed Job)."""
+        import os
+
+        head, sep, tail = spec.partition("/")
+        try:
+            if sep:
+                return cls(index=int(head), count=int(tail), block=block)
+            return cls(index=int(os.environ["JOB_COMPLETION_INDEX"]), count=int(head), block=block)
+        except KeyError:
+            raise ValueError(f"--shard {spec!r}: no index given and JOB_COMPLETION_INDEX is not set") from None
+        except ValueError as exc:
+            if isinstance(exc, ValidationError):
+                raise
+            raise ValueError(f"--shard {spec!r}: expected INDEX/COUNT, e.g. 0/4") from None
+
+    def owns(self, rows: np.ndarray) -> np.ndarray:
+        """Mask of the global row numbers this shard owns."""
+        return (np.asarray(rows) // self.block) % self.count == self.index
+
+    def rows(self, n_rows: int) -> np.ndarray:
+        """This shard's global row numbers, ascending."""
+        all_rows = np.arange(n_rows)
+        return all_rows[self.owns(all_rows)]
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index:05d}-of-{self.count:05d}"
+
+
+def encode_shard(h_of_rows: Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]], user_ids: Sequence[str],
+                 out_dir: Path, shard: Shard, splits: Sequence[str] = ("train", "valid", "test")) -> Path:
+    """Write shard `shard`'s H folder under `out_dir/<shard name>/`: H and present of every split for its rows
+    (`h_of_rows(split, rows)`), its user ids, and shard.json (rows, count, block) last. A shard whose shard.json
+    exists is complete and skipped; a killed shard redoes only the splits it had not written."""
+    from scoter import h_folder
+    from scoter.io import write_json
+
+    folder = Path(out_dir) / shard.name
+    if (folder / SHARD_FILE).exists():
+        log.info("%s: complete, skipped", folder)
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = shard.rows(len(user_ids))
+    for split in splits:
+        if h_folder.h_path(folder, split).exists():
+            continue
+        t0 = time.perf_counter()
+        h, present = h_of_rows(split, rows)
+        h_folder.write_split(folder, split, h, present)
+        took = time.perf_counter() - t0
+        log.info("%s H_%s: %d users in %.1fs (%.1f users/s)", shard.name, split, len(rows), took,
+                 len(rows) / max(took, 1e-9))
+    h_folder.write_user_ids(folder, [user_ids[r] for r in rows])
+    write_json(folder / SHARD_FILE, {"index": shard.index, "count": shard.count, "block": shard.block,
+                                     "n_rows": len(user_ids), "rows": rows.tolist()})
+    return folder
+
+
+def read_shard(folder: Path | str) -> tuple[Shard, np.ndarray]:
+    """(shard, its global row numbers) of a complete shard folder."""
+    from scoter.io import read_json
+
+    path = Path(folder) / SHARD_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: the shard is not complete (rerun its encode)")
+    doc = read_json(path)
+    return Shard(index=doc["index"], count=doc["count"], block=doc["block"]), np.asarray(doc["rows"], np.int64)
+
+
+def merge_shards(out_dir: Path | str, count: int, dest: Path | str,
+                 splits: Sequence[str] = ("train", "valid", "test")) -> None:
+    """Assemble the `count` shard folders under `out_dir` into one H folder at `dest` (the row order of an
+    unsharded run), for fusion training and evaluation. Fails naming a missing or foreign shard."""
+    from scoter import h_folder
+
+    parts = []
+    for i in range(count):
+        shard, rows = read_shard(Path(out_dir) / Shard(index=i, count=count).name)
+        if shard.count != count:
+            raise ValueError(f"{out_dir}: shard {i} was made as one of {shard.count}, not {count}")
+        parts.append((Path(out_dir) / shard.name, rows))
+    n = sum(len(r) for _, r in parts)
+    ids: list[str | None] = [None] * n
+    for folder, rows in parts:
+        for r, u in zip(rows, h_folder.read_user_ids(folder) or [], strict=True):
+            ids[r] = u
+    if any(u is None for u in ids):
+        raise ValueError(f"{out_dir}: the {count} shards do not cover rows 0..{n - 1}")
+    for split in splits:
+        first, _ = h_folder.read_split(parts[0][0], split)
+        H = np.zeros((n, *first.shape[1:]), first.dtype)
+        present = np.zeros(n, bool)
+        for folder, rows in parts:
+            H[rows], present[rows] = h_folder.read_split(folder, split)
+        h_folder.write_split(dest, split, H, present)
+    h_folder.write_user_ids(dest, [str(u) for u in ids])
+
+
+def student_h_of_rows(student: Any, dataset: Any, cfg: Any) -> Callable[[str, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """`h_of_rows` for `encode_shard` from a trained encoder student: the inputs `pipeline.precompute_h` uses,
+    for the given rows only (train and valid share the input seq[:-2] and are computed once)."""
+    from offline.reasoning import pipeline
+
+    cached: dict[str, np.ndarray] = {}
+
+    def h_of_rows(split: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = "test" if split == "test" else "train_valid"
+        if key not in cached:
+            histories = pipeline.split_histories(dataset, split)
+            texts, pooled = pipeline._student_inputs(dataset, [histories[r] for r in rows], cfg)
+            if pooled is None and not cfg.train_encoder:
+                pooled = pooled_cached(texts, max_seq_length=cfg.max_seq_length, batch_size=cfg.encode_batch_size)
+            cached[key] = student.predict(texts, progress=True, pooled=pooled)
+        return cached[key], np.ones(len(rows), bool)
+
+    return h_of_rows

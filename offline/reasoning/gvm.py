@@ -4,6 +4,7 @@ the validation target, cluster the paths, and abstract the best cluster into a t
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -13,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from offline.reasoning import corpus, prompts
+from offline.reasoning import corpus, grammars, prompts
 from offline.reasoning.config import GVMConfig, SamplingParams
-from offline.reasoning.io import write_json
 from offline.reasoning.llm import LLM
 from offline.reasoning.parsing import parse_best_path, parse_gvm_output
+from scoter.io import write_json
 
 log = logging.getLogger(__name__)
 Embed = Callable[[Sequence[str]], np.ndarray]
@@ -94,15 +95,36 @@ def exemplars(path_emb: np.ndarray, labels: np.ndarray, cluster: int, n: int = 1
     return idx[np.argsort(-sims, kind="stable")[:n]].tolist()
 
 
+def degenerate(text: str, min_distinct: float = 0.5) -> bool:
+    """Repetition check: True when fewer than `min_distinct` of the words (or of the word bigrams) differ,
+    e.g. "ire ire ire" or "expand the previous step to expand on the previous step"."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    if len(words) < 3:
+        return not words
+    bigrams = list(zip(words, words[1:], strict=False))
+    return len(set(words)) / len(words) < min_distinct or len(set(bigrams)) / len(bigrams) < min_distinct
+
+
 def abstract_template(llm: LLM, paths: Sequence[str], mining: Mining, cfg: GVMConfig,
                       fallback: list[str]) -> dict[str, Any]:
     """Figure-10 prompt -> 'Best Path'; falls back to the centroid-nearest path when the answer is unusable."""
     best = next(c for c in mining.clusters if c["id"] == mining.best)
     chat = prompts.mine_chat(paths, cluster_id=best["id"], rank=best["rank"], n_clusters=mining.k,
                              recall=best["quality"], k=cfg.recall_k)
-    raw = llm.generate([chat], SamplingParams(temperature=0.0, top_p=1.0, max_tokens=cfg.template_max_tokens,
-                                              seed=cfg.seed))[0]
+    params = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=cfg.template_max_tokens, seed=cfg.seed)
+    if cfg.structured and cfg.variant != "paper":  # the model writes only the Best Path, as a step list
+        lead = "### 3. Optimized Paths\n- Best Path (each step <= 8 words): "
+        chat = chat + [{"role": "assistant", "content": lead}]
+        params = params.model_copy(update={"grammar": grammars.best_path(min_steps=cfg.min_steps,
+                                                                         max_steps=cfg.max_steps),
+                                           "repetition_penalty": 1.15, "temperature": 0.5, "top_p": 0.9})
+        tries = llm.generate([chat] * 4, params)  # a few samples; the first that is not degenerate wins
+        raw = lead + next((t for t in tries if not degenerate(t)), tries[0])
+    else:
+        raw = llm.generate([chat], params)[0]
     steps = parse_best_path(raw, min_steps=cfg.min_steps, max_steps=cfg.max_steps)
+    if steps is not None and degenerate(" ".join(steps)):
+        steps = None
     if steps is None:
         return {"steps": fallback, "source": "centroid_path_fallback", "llm_output": raw}
     return {"steps": steps, "source": "llm_best_path", "llm_output": raw}
@@ -132,10 +154,128 @@ def guided_generate(llm: LLM, chats: list[list[dict[str, str]]], cfg: GVMConfig,
     return answers
 
 
+def variant_examples(cfg: GVMConfig, dataset: Any, rows: Sequence[int], grounding: Any = None,
+                     fixed_path: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One structured Figure-9 prompt per user for `cfg.variant`, scored later against the validation target
+    seq[-2]. Inputs come from seq[:-2] only: the history (hindsight: seq[:-3] plus the item bought right
+    after it, seq[-3]) and the candidates from co-occurrence over training parts."""
+    from offline.reasoning.grounding import Grounding
+
+    g = grounding or Grounding(dataset)
+    out = []
+    for u in rows:
+        seq = dataset.sequences[u]
+        train = seq[:-2]
+        cands = g.candidates(train, cfg.candidates)[0] if cfg.variant != "plain" else None
+        hist, nxt = (train[:-1], int(train[-1])) if cfg.variant == "hindsight" else (train, None)
+        chat = prompts.gvm_variant_chat(cfg.variant, g, hist, candidates=cands, next_item=nxt,
+                                        n_recs=cfg.plain_recs if cfg.variant == "plain" else cfg.recall_k)
+        if fixed_path is not None:  # a given template: the answer starts with it, the model writes the rest
+            chat[0]["content"] += "\nUse this reasoning path: " + " -> ".join(fixed_path)
+        out.append({"user": dataset.user_ids[u], "row": int(u), "target": int(seq[-2]), "chat": chat,
+                    "candidates": cands, "variant": cfg.variant})
+    return out
+
+
+def answer_grammar(cfg: GVMConfig, fixed_path: Sequence[str] | None = None) -> str:
+    plain = cfg.variant == "plain"
+    return grammars.gvm_answer(fixed_path=fixed_path, n_candidates=None if plain else cfg.candidates,
+                               n_recs=cfg.plain_recs if plain else cfg.recall_k, reason_chars=cfg.reason_chars,
+                               min_steps=cfg.min_steps, max_steps=min(cfg.max_steps, 5))
+
+
+def structured_generate(llm: LLM, examples: Sequence[dict[str, Any]], cfg: GVMConfig, seed: int,
+                        fixed_path: Sequence[str] | None = None) -> list[str]:
+    """The whole answer in one grammar-constrained generation (well-formed by construction)."""
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed,
+                            grammar=answer_grammar(cfg, fixed_path), line_max_tokens=cfg.line_max_tokens,
+                            repetition_penalty=cfg.repetition_penalty)
+    return llm.generate([ex["chat"] for ex in examples], params)
+
+
+def recommended_items(recs: Sequence[str], candidates: Sequence[int] | None, item_emb: np.ndarray, embed: Embed,
+                      k: int = 20) -> list[int]:
+    """Catalogue items (1-based) a chain recommends, unique, at most k. A candidate number maps to its item
+    exactly; any other text (a paraphrase, or the plain variant's descriptions) maps by embedding to its
+    k // len(recs) nearest items."""
+    items: list[int] = []
+    text: list[str] = []
+    for r in recs:
+        r = r.strip()
+        if candidates and r.isdigit() and 1 <= int(r) <= len(candidates):
+            items.append(int(candidates[int(r) - 1]))
+        elif r:
+            text.append(r)
+    if text:
+        per = max(1, k // max(len(recs), 1))
+        sims = embed(text) @ item_emb.T
+        for row in sims:
+            items.extend((np.argsort(-row)[:per] + 1).tolist())
+    return list(dict.fromkeys(items))[:k]
+
+
+def _score(parsed: Any, ex: dict[str, Any], item_emb: np.ndarray, embed: Embed, k: int) -> float:
+    if ex.get("variant", "paper") == "paper":  # Figure 9 verbatim: one item per description
+        return recall_score(parsed.recommendations, ex["target"], item_emb, embed, k)
+    return float(ex["target"] in recommended_items(parsed.recommendations, ex.get("candidates"), item_emb,
+                                                   embed, k))
+
+
+def mean_se(x: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and its standard error (sample sd / sqrt n)."""
+    a = np.asarray(x, np.float64)
+    if len(a) == 0:
+        return None, None
+    return float(a.mean()), float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else 0.0
+
+
+def validate_variant(cfg: GVMConfig, llm: LLM, dataset: Any, *, rows: Sequence[int] | None = None,
+                     fixed_path: Sequence[str] | None = None, grounding: Any = None, embed: Embed | None = None,
+                     item_emb: np.ndarray | None = None) -> dict[str, Any]:
+    """Generate-Validate for one prompt variant (and optionally a fixed template) on `rows` (default
+    `cfg.users` sampled users): well-formed rate, Recall@k of the recommendations with its standard error
+    (malformed answers count as misses), and the candidate list's own Recall@k for reference."""
+    from offline.reasoning.encode import embed as default_embed
+    from offline.reasoning.encode import item_embeddings
+
+    embed = embed or default_embed
+    items = item_emb if item_emb is not None else item_embeddings(dataset)
+    rows = list(rows) if rows is not None else corpus.sample_users(dataset, cfg.users, cfg.seed)
+    t0 = time.perf_counter()
+    tok0 = getattr(llm, "generated_tokens", 0)
+    examples = variant_examples(cfg, dataset, rows, grounding, fixed_path)
+    outputs = structured_generate(llm, examples, cfg, cfg.seed, fixed_path)
+    gen_s = time.perf_counter() - t0
+    parsed = [parse_gvm_output(o, min_steps=1 if fixed_path else cfg.min_steps) for o in outputs]
+    scores = [_score(p, ex, items, embed, cfg.recall_k) if p.error is None else 0.0
+              for p, ex in zip(parsed, examples, strict=True)]
+    mean, se = mean_se(scores)
+    cand = [float(ex["target"] in ex["candidates"][: cfg.recall_k]) for ex in examples if ex["candidates"]]
+    cmean, cse = mean_se(cand)
+    ok = sum(p.error is None for p in parsed)
+    return {"variant": cfg.variant, "template": list(fixed_path) if fixed_path else None, "users": len(rows),
+            "well_formed_rate": ok / max(len(outputs), 1),
+            "errors": dict(Counter(p.error for p in parsed if p.error)),
+            "recall@20": mean, "recall@20_se": se,
+            "candidates_recall@20": cmean, "candidates_recall@20_se": cse,
+            "generated_tokens": getattr(llm, "generated_tokens", 0) - tok0, "scores": scores,
+            "candidate_scores": cand, "well_formed": [p.error is None for p in parsed],
+            "generate_s": round(gen_s, 1), "seconds": round(time.perf_counter() - t0, 1),
+            "examples": [{"user": ex["user"], "target": ex["target"], "answer": o}
+                         for ex, o in list(zip(examples, outputs, strict=True))[:3]]}
+
+
 def _generate(cfg: GVMConfig, llm: LLM, dataset: Any,
               fixed_path: Sequence[str] | None = None) -> tuple[list[str], list[dict[str, Any]], int]:
     """Figure-9 prompts for the sampled users' validation histories -> (outputs, meta per output, users)."""
     users = corpus.sample_users(dataset, cfg.users, cfg.seed)
+    if cfg.variant != "paper" and cfg.structured:
+        meta, outputs = [], []
+        for s in range(cfg.samples_per_user):
+            ex = variant_examples(cfg, dataset, users, fixed_path=fixed_path)
+            outputs.extend(structured_generate(llm, ex, cfg, cfg.seed + s, fixed_path))
+            meta.extend({**{k: v for k, v in e.items() if k != "chat"}, "sample": s} for e in ex)
+        return outputs, meta, len(users)
     chats, meta = [], []
     for u in users:
         seq = dataset.sequences[u]
@@ -171,7 +311,7 @@ def validate_template(cfg: GVMConfig, llm: LLM, dataset: Any, steps: Sequence[st
     parsed = [parse_gvm_output(o, min_steps=1) for o in outputs]
     ok = [i for i, p in enumerate(parsed) if p.error is None and p.recommendations]
     items = item_emb if item_emb is not None else item_embeddings(dataset)
-    scores = [recall_score(parsed[i].recommendations, meta[i]["target"], items, embed, cfg.recall_k) for i in ok]
+    scores = [_score(parsed[i], meta[i], items, embed, cfg.recall_k) for i in ok]
     return {"template": list(steps), "users": n_users, "generated": len(outputs), "usable": len(ok),
             "parse_success_rate": len(ok) / max(len(outputs), 1),
             "errors": dict(Counter(p.error or "no_recommendations" for i, p in enumerate(parsed) if i not in ok)),
@@ -216,8 +356,7 @@ def run_gvm(cfg: GVMConfig, llm: LLM, dataset: Any, out_dir: Path, *, embed: Emb
 
     t2 = time.perf_counter()
     items = item_emb if item_emb is not None else item_embeddings(dataset)
-    scores = np.array([recall_score(parsed[i].recommendations, meta[i]["target"], items, embed, cfg.recall_k)
-                       for i in kept])
+    scores = np.array([_score(parsed[i], meta[i], items, embed, cfg.recall_k) for i in kept])
     for i, s in zip(kept, scores, strict=True):
         chains[i]["score"] = float(s)
     times["validate_s"] = time.perf_counter() - t2
@@ -253,7 +392,7 @@ def load_template(spec: str, gvm_dir: Path | None = None) -> list[str]:
     if spec in prompts.MANUAL_TEMPLATES:
         return list(prompts.MANUAL_TEMPLATES[spec])
     if spec == "discovered":
-        from offline.reasoning.io import read_json
+        from scoter.io import read_json
 
         if gvm_dir is None:
             raise ValueError("template 'discovered' needs --gvm-dir (the output of `scoter reason discover`)")

@@ -38,6 +38,12 @@ def request_body(model: str, chat: Chat, params: SamplingParams) -> dict[str, An
         body["seed"] = params.seed
     if params.stop:
         body["stop"] = list(params.stop)
+    if params.grammar:  # vLLM's and `scoter llm serve`'s name for an EBNF constraint
+        body["guided_grammar"] = params.grammar
+    if params.repetition_penalty != 1.0:
+        body["repetition_penalty"] = params.repetition_penalty
+    if params.line_max_tokens:
+        body["line_max_tokens"] = params.line_max_tokens
     if continues_assistant(chat):  # vLLM / SGLang / `scoter llm serve` extension for assistant prefill
         body["continue_final_message"] = True
         body["add_generation_prompt"] = False

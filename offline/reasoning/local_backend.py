@@ -100,6 +100,17 @@ class LocalLLM:
         self.cache = ResponseCache(cache_path) if cache_path else None
         self.generated_tokens = 0
         self.generation_seconds = 0.0
+        self._decoder: Any = None
+
+    def decoder(self) -> Any:
+        """The batched decoder (shared-prefix KV cache, grammars), built on first use."""
+        if self._decoder is None:
+            from offline.reasoning.fastgen import Decoder, TorchRuntime
+
+            model, tok = self._load()
+            self._decoder = Decoder(TorchRuntime(model, threads=self.config.num_threads), tok,
+                                    batch_size=self.config.batch_size)
+        return self._decoder
 
     def _load(self) -> tuple[Any, Any]:
         if self._model is None:
@@ -137,10 +148,31 @@ class LocalLLM:
                     self.cache.put(cache_key(self.name, prompts[i], params), text)
         return [r if r is not None else "" for r in results]
 
+    def _generate_fast(self, chats: list[Chat], params: SamplingParams) -> list[str]:
+        from offline.reasoning.fastgen import GenRequest
+
+        dec = self.decoder()
+        tok = dec.tok
+        texts = render_chats(tok, chats)
+        ids = [tok(t, add_special_tokens=False)["input_ids"][-self.config.max_input_tokens:] for t in texts]
+        reqs = [GenRequest(ids=i, max_tokens=params.max_tokens, grammar=params.grammar, stop=params.stop,
+                           line_max_tokens=params.line_max_tokens) for i in ids]
+        before_tok, before_s = dec.stats.generated_tokens, dec.stats.seconds
+        with _GEN_LOCK:
+            out = dec.generate(reqs, temperature=params.temperature, top_p=params.top_p, seed=params.seed,
+                               repetition_penalty=params.repetition_penalty)
+        self.generated_tokens += dec.stats.generated_tokens - before_tok
+        self.generation_seconds += dec.stats.seconds - before_s
+        return [truncate_at_stop(tok.decode(g, skip_special_tokens=True), params.stop) for g in out]
+
     async def agenerate(self, prompts: Sequence[Chat], params: SamplingParams) -> list[str]:
         return await asyncio.to_thread(self.generate, prompts, params)
 
     def _generate_batch(self, chats: list[Chat], params: SamplingParams) -> list[str]:
+        if self.config.engine != "hf":
+            return self._generate_fast(chats, params)
+        if params.grammar:
+            raise ValueError("grammar: not supported by engine 'hf' (use engine 'torch' or 'llamacpp')")
         import torch
 
         model, tok = self._load()

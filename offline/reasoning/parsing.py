@@ -54,6 +54,8 @@ def parse_recommendations(block: str) -> list[str]:
     """<item>..</item> entries (closing tag optional); else numbered or bulleted lines."""
     items = [clean_step(x) for x in re.split(r"<\s*item\s*>", block, flags=re.I)[1:]]
     items = [re.sub(r"<\s*/\s*item\s*>.*", "", x, flags=re.I | re.S).strip() for x in items]
+    if not items and re.fullmatch(r"\s*\d+(?:\s*,\s*\d+)*\s*", block):  # candidate numbers: "3, 1, 7"
+        return [x.strip() for x in block.split(",")]
     if not items:
         items = [clean_step(ln) for ln in block.splitlines() if re.match(r"\s*(?:\d+\s*[.)]|[-*•])\s*\S", ln)]
     return [x for x in items if len(x) >= 3 and "feature description of product" not in x.lower()]
@@ -134,3 +136,14 @@ def split_chain(text: str, steps: Sequence[str]) -> list[str] | None:
             return None
         parts.append(body)
     return parts
+
+
+def numbered_lines(text: str, k: int) -> list[str] | None:
+    """The K step texts of a numbered answer ("1. ..", "2. .."), or None when any step is missing or empty."""
+    found: dict[int, str] = {}
+    for line in text.splitlines():
+        m = re.match(r"\s*(\d+)[.)]\s*(.*)$", line)
+        if m and 1 <= int(m.group(1)) <= k and int(m.group(1)) not in found:
+            found[int(m.group(1))] = m.group(2).strip()
+    parts = [found.get(j, "") for j in range(1, k + 1)]
+    return parts if all(re.search(r"[^\W\d_]{3,}", p) for p in parts) else None

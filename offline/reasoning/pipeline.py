@@ -23,10 +23,11 @@ from offline.reasoning.encode import (
     pooled_cached,
     sentence_encoder,
 )
-from offline.reasoning.io import read_json, save_npy, write_json
 from offline.reasoning.llm import LLM
 from offline.reasoning.parsing import split_chain
 from offline.reasoning.students import EncoderStudent, LoraStudent, student_texts
+from scoter import h_folder
+from scoter.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +75,30 @@ def train_encoder_student(dataset: Any, teacher: dict[str, Any], cfg: EncoderStu
     t0 = time.perf_counter()
     losses = student.fit(sub(texts, tr), target[tr], pooled=sub(pooled, tr))
     after = student.evaluate(sub(texts, ho), target[ho], pooled=sub(pooled, ho))
-    report = {"train_pairs": len(ok) - n_hold, "heldout_pairs": n_hold, "epoch_losses": losses,
+    pred = student.predict(sub(texts, ho), pooled=sub(pooled, ho))
+    report_fid = fidelity(pred, target[ho], target[tr])
+    report = {**report_fid, "train_pairs": len(ok) - n_hold, "heldout_pairs": n_hold, "epoch_losses": losses,
               "heldout_loss_before": before, "heldout_loss_after": after, "train_seconds": time.perf_counter() - t0}
     torch.save({"head": student.head.state_dict(), "k": len(steps),
                 "encoder": student.encoder.state_dict() if cfg.train_encoder else None,  # frozen: the package's
                 "config": cfg.model_dump(mode="json")}, out_dir / "encoder_student.pt")
     log.info("encoder student: held-out loss %.4f -> %.4f", before, after)
     return student, report
+
+
+def fidelity(pred: np.ndarray, teacher: np.ndarray, train_teacher: np.ndarray) -> dict[str, float]:
+    """Held-out fidelity: mean per-step cosine of the student's H to the teacher's H on users the student
+    never saw, next to the same cosine for the training chains' mean H (what a student that ignores the
+    history would score)."""
+    def cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+
+    c = cos(pred, teacher).mean(axis=1)
+    base = cos(np.broadcast_to(train_teacher.mean(axis=0), teacher.shape), teacher).mean(axis=1)
+    n = max(len(c), 1)
+    return {"heldout_cosine": float(c.mean()), "heldout_cosine_se": float(c.std(ddof=1) / np.sqrt(n)) if n > 1
+            else 0.0, "heldout_cosine_mean_baseline": float(base.mean()),
+            "heldout_cosine_gain_se": float((c - base).std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0}
 
 
 def _student_inputs(dataset: Any, histories: list, cfg: EncoderStudentConfig) -> tuple[list[str] | None,
@@ -98,7 +116,7 @@ def precompute_h(student: EncoderStudent, dataset: Any, out_dir: Path, cfg: Enco
     cached: dict[str, np.ndarray] = {}
     for split in corpus.SPLITS:
         key = "test" if split == "test" else "train_valid"
-        if (out_dir / f"H_{split}.npy").exists():
+        if h_folder.h_path(out_dir, split).exists():
             continue
         t0 = time.perf_counter()
         if key not in cached:
@@ -107,21 +125,20 @@ def precompute_h(student: EncoderStudent, dataset: Any, out_dir: Path, cfg: Enco
                 pooled = pooled_cached(texts, max_seq_length=cfg.max_seq_length, batch_size=cfg.encode_batch_size)
             cached[key] = student.predict(texts, progress=True, pooled=pooled)
         h = cached[key]
-        save_npy(out_dir / f"H_{split}.npy", h)
-        save_npy(out_dir / f"present_{split}.npy", np.ones(len(h), bool))
+        h_folder.write_split(out_dir, split, h)
         times[split] = time.perf_counter() - t0
         log.info("H_%s: %s in %.0fs (%.1f users/s)", split, h.shape, times[split], len(h) / max(times[split], 1e-9))
-    if cfg.history_input == "items" and not (out_dir / "H_train_examples.npy").exists():
+    if cfg.history_input == "items" and not (out_dir / h_folder.TRAIN_EXAMPLES).exists():
         # Per-prefix H for the training rows (LeaveOneOut.train_examples order): a prefix's H must not see its
         # own target, which the per-user H_train (input seq[:-2]) does for every earlier prefix.
         t0 = time.perf_counter()
         prefixes = [s[:t] for s in (seq[:-2] for seq in dataset.sequences) for t in range(1, len(s))]
         _, pooled = _student_inputs(dataset, prefixes, cfg)
         h = student.predict(None, progress=True, pooled=pooled).astype(np.float16)
-        save_npy(out_dir / "H_train_examples.npy", h)
+        h_folder.write_train_examples(out_dir, h)
         times["train_examples"] = time.perf_counter() - t0
         log.info("H_train_examples: %s in %.0fs", h.shape, times["train_examples"])
-    write_json(out_dir / "user_ids.json", list(dataset.user_ids))
+    h_folder.write_user_ids(out_dir, dataset.user_ids)
     return {"seconds_by_split": times, "users": dataset.n_users}
 
 
@@ -150,18 +167,17 @@ def run_lora_student(dataset: Any, teacher: dict[str, Any], cfg: LoraStudentConf
             done[key] = student.write_chains(chats, steps, scaffold=scaffold)
         chains, rep = done[key]
         h, present = chains_to_h(chains, len(steps))
-        save_npy(sub / f"H_{split}.npy", h)
-        save_npy(sub / f"present_{split}.npy", present)
+        h_folder.write_split(sub, split, h, present)
         report["splits"][split] = rep
-    write_json(sub / "user_ids.json", [dataset.user_ids[u] for u in rows])
+    h_folder.write_user_ids(sub, [dataset.user_ids[u] for u in rows])
     write_json(sub / "chains_test.json", [{"user": dataset.user_ids[u], "steps": c}
                                           for u, c in zip(rows, done["test"][0], strict=True)])
     return report
 
 
 def write_meta(out_dir: Path, dataset: Any, steps: list[str], extra: dict[str, Any]) -> None:
-    h = np.load(out_dir / "H_test.npy", mmap_mode="r")
-    write_json(out_dir / "meta.json", {
+    h, _ = h_folder.read_split(out_dir, "test")
+    h_folder.write_meta(out_dir, {
         "dataset": dataset.name, "data_checksum": dataset.checksum, "users": dataset.n_users,
         "K": int(h.shape[1]), "D": int(h.shape[2]), "template": steps, "student": "encoder (MiniLM + head)",
         "inputs": {"train": "seq[:-2]", "valid": "seq[:-2]", "test": "seq[:-1]"},

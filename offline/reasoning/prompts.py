@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from offline.reasoning.llm import Chat
 
@@ -123,3 +124,74 @@ def student_history_text(history_texts: Sequence[str], *, max_items: int = 10) -
     """Encoder-student input: newest item first, so the tokenizer's truncation drops the oldest items."""
     recent = list(history_texts)[-max_items:][::-1]
     return "Recent purchases, newest first: " + " | ".join(recent)
+
+
+# ---- grounded prompts (facts from training interactions only; see grounding.py) -------------------------
+VARIANTS = ("plain", "grounded", "hindsight")
+
+_SECTIONS = ("Answer with a reasoning path of 2 to 4 short steps joined by ->, then a one-sentence reason that "
+             "names concrete product types, brands and categories from the data, then the recommendations.")
+
+GVM_SYSTEM = {
+    "plain": "You are an expert in recommendation. Read the shopper's purchase history and predict what they "
+             "buy next. " + _SECTIONS + " Recommend up to {n_recs} products, each a short description with "
+             "type, brand and category.",
+    "grounded": "You are an expert in recommendation. Read the shopper's purchase history, profile and the "
+                "numbered candidates (items other shoppers bought together with these items) and predict what "
+                "they buy next. " + _SECTIONS + " Recommend up to {n_recs} candidates by number, most likely "
+                "first, each number once.",
+    "hindsight": "You are an expert in recommendation. Read the shopper's purchase history, profile, the item "
+                 "they bought right after it, and the numbered candidates (items other shoppers bought together "
+                 "with these items). Explain why they bought that item and predict what they buy after it. "
+                 + _SECTIONS + " Recommend up to {n_recs} candidates by number, most likely first, each number "
+                 "once.",
+}
+
+TEACHER_SYSTEM = """You are an expert recommendation system. Given a shopper's purchase history{next_clause}, \
+write the reasoning that leads to their next purchase in {k} numbered lines, one per step:
+{numbered}
+Name concrete product types, brands and categories from the data; never repeat a sentence."""
+
+HISTORY_HEADER = "Purchase history (oldest first; title | brand | category):\n"
+
+
+def grounded_user_message(g: Any, history: Sequence[int], *, candidates: Sequence[int] | None = None,
+                          next_item: int | None = None) -> str:
+    """History, profile, optionally the known next item (hindsight) and the numbered candidates."""
+    parts = [HISTORY_HEADER + g.render_history(history)]  # the header ends the shared (cached) prefix
+    profile = g.render_profile(history)
+    if profile:
+        parts.append("Profile: " + profile)
+    if next_item is not None:
+        parts.append("Bought next: " + g.item_line(int(next_item)))
+    if candidates:
+        parts.append("Candidates:\n" + g.render_candidates(candidates))
+    return "\n\n".join(parts)
+
+
+def gvm_variant_chat(variant: str, g: Any, history: Sequence[int], *, candidates: Sequence[int] | None = None,
+                     next_item: int | None = None, n_recs: int = 20) -> Chat:
+    """Figure-9 prompt in one of VARIANTS: plain (history only), grounded (+ profile and candidates),
+    hindsight (grounded + the item bought right after the history, a training interaction)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+    if variant == "plain":
+        body = HISTORY_HEADER + g.render_history(history)
+    else:
+        if not candidates:
+            raise ValueError(f"variant {variant!r} needs candidates")
+        if variant == "hindsight" and next_item is None:
+            raise ValueError("variant 'hindsight' needs next_item (a training interaction)")
+        body = grounded_user_message(g, history, candidates=candidates,
+                                     next_item=next_item if variant == "hindsight" else None)
+    return [{"role": "system", "content": GVM_SYSTEM[variant].format(n_recs=n_recs)},
+            {"role": "user", "content": body}]
+
+
+def teacher_chat(steps: Sequence[str], g: Any, history: Sequence[int], *, next_item: int | None = None) -> Chat:
+    """Distillation teacher prompt, grounded; with `next_item` (training rows only) it is the hindsight
+    (R2END oracle-guided) teacher that writes the chain leading to the item actually bought."""
+    clause = " and the item they actually bought next" if next_item is not None else ""
+    numbered = "\n".join(f"{j}. {s}" for j, s in enumerate(steps, 1))
+    return [{"role": "system", "content": TEACHER_SYSTEM.format(next_clause=clause, k=len(steps), numbered=numbered)},
+            {"role": "user", "content": grounded_user_message(g, history, next_item=next_item)}]

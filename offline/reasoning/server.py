@@ -30,6 +30,9 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     continue_final_message: bool = False
     add_generation_prompt: bool = True
+    guided_grammar: str | None = Field(None, description="EBNF the answer must match (vLLM's name)")
+    repetition_penalty: float = Field(1.0, ge=1.0, le=3.0)
+    line_max_tokens: int | None = Field(None, ge=1, description="extension: token cap per output line")
 
 
 class BatchingQueue:
@@ -82,7 +85,8 @@ def create_app(llm: LLM, *, max_batch: int = 8) -> FastAPI:
             msgs.append({"role": "user", "content": ""})  # plain OpenAI semantics: answer, do not continue
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
         params = SamplingParams(temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens,
-                                seed=req.seed, stop=stop)
+                                seed=req.seed, stop=stop, grammar=req.guided_grammar,
+                                repetition_penalty=req.repetition_penalty, line_max_tokens=req.line_max_tokens)
         text = await queue.submit(msgs, params)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),

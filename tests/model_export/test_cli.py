@@ -15,7 +15,7 @@ from scoter.cli import main
 @pytest.fixture
 def tiny_run(trained, tmp_path, monkeypatch):
     """A dataset folder, semantic IDs and a checkpoint, all for the session's tiny trained model."""
-    from offline.semantic_ids import SemanticIds
+    from offline.semantic_ids.codes import SemanticIds
 
     src, _ = trained
     n_items = src.codes.shape[0] - 1
@@ -33,13 +33,17 @@ def tiny_run(trained, tmp_path, monkeypatch):
     return ckpt, codes, tmp_path
 
 
-def test_export_then_verify(tiny_run):
+def test_export_then_verify(tiny_run, capsys):
     ckpt, codes, tmp = tiny_run
     out = tmp / "bundle"
+    # a SCoTER checkpoint without the published version would serve every request as a reasoning miss
+    assert main(["export", "--checkpoint", str(ckpt), "--codes", str(codes), "--out", str(out)]) == 2
+    assert "--reasoning-version" in capsys.readouterr().err and not out.exists()
     assert main(["export", "--checkpoint", str(ckpt), "--codes", str(codes), "--out", str(out), "--no-fp16", "--no-int8",
-                 "--model-version", "7"]) == 0
+                 "--model-version", "7", "--reasoning-version", "tiny-v1"]) == 0
     manifest, _ = load_bundle(out)
     assert manifest.model_version == "7" and manifest.graphs == {"fp32": "model.onnx"}
+    assert manifest.reasoning_version == "tiny-v1"
     assert manifest.export["dataset"] == "tiny" and manifest.export["checkpoint_sha256"]
     report_path = tmp / "verify.json"
     assert main(["export", "verify", "--bundle", str(out), "--report", str(report_path)]) == 0

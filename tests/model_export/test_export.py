@@ -102,9 +102,10 @@ def test_reasoning_changes_the_ranking_in_the_graph(bundle, trained):
 
 
 @pytest.mark.slow
-def test_hstu_backbone_exports_with_parity(tmp_path):
+@pytest.mark.parametrize("backbone", ["hstu", "hstu-item"])
+def test_hstu_backbone_exports_with_parity(tmp_path, backbone):
     torch.set_num_threads(1)
-    src, data = train_tiny("hstu", steps=5)
+    src, data = train_tiny(backbone, steps=5)
     export_bundle(src, tmp_path / "hstu", ExportConfig(model_id="tiny-hstu", fp16=False, int8=False))
     report = verify_bundle(src.module, tmp_path / "hstu", _feeds(data), VerifyConfig(variants=("fp32",)))
     assert report["passed"], report

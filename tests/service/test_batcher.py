@@ -188,11 +188,11 @@ async def test_greedy_runs_a_lone_request_in_its_own_task_within_the_slots():
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
+            calls.append(list(xs))  # in the order the batches start
         if xs[0] < 2:
             gate.wait(5)  # hold both slots
         with lock:
             running[0] -= 1
-            calls.append(list(xs))
         return [x * 3 for x in xs]
 
     b = MicroBatcher(fn, executor=ex, max_batch=16, max_wait_ms=0, capacity=64, workers=2)

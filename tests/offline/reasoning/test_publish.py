@@ -11,10 +11,11 @@ import pytest
 import redis
 
 from offline.reasoning.config import PublishConfig
-from offline.reasoning.io import save_npy, write_json
-from offline.reasoning.publish import connect, load_h_dir, progress_key, publish
+from offline.reasoning.publish import connect, progress_key, publish
 from scoter import reasoning_store
 from scoter.cli import main as scoter_main
+from scoter.h_folder import read_published_split
+from scoter.io import save_npy, write_json
 
 URL = "redis://127.0.0.1:6379/0"
 
@@ -48,7 +49,7 @@ def test_publish_roundtrip_and_histories(client) -> None:
     c, created = client
     version = f"test-{uuid.uuid4().hex}"
     h, present, ids = _data()
-    created += [f"scoter:h:{version}:*"] + [reasoning_store.history_key(u) for u in ids]
+    created += [f"scoter:h:{version}:*"] + [reasoning_store.history_key(version, u) for u in ids]
     cfg = PublishConfig(reasoning_version=version, redis_url=URL, batch_size=3, dtype="float32")
     hist = [[f"I{j}" for j in range(i + 1)] for i in range(len(ids))]
     rep = publish(c, h, present, ids, cfg, histories=hist)
@@ -59,7 +60,7 @@ def test_publish_roundtrip_and_histories(client) -> None:
             assert raw is None
             continue
         np.testing.assert_array_equal(reasoning_store.decode(raw, expect_k=3, expect_d=8).matrix, h[i])
-        assert json.loads(c.get(reasoning_store.history_key(u))) == hist[i]
+        assert json.loads(c.get(reasoning_store.history_key(version, u))) == hist[i]
 
 
 def test_bad_value_fails_its_batch_whole_and_resume_skips_done_batches(client) -> None:
@@ -106,5 +107,5 @@ def test_cli_publish_and_bad_shapes(client, tmp_path, capsys) -> None:
     assert rc == 0 and json.loads(capsys.readouterr().out)["values_written"] == 3
     write_json(tmp_path / "user_ids.json", ids[:3])
     with pytest.raises(ValueError, match="user_ids.json 3"):
-        load_h_dir(tmp_path, "test")
+        read_published_split(tmp_path, "test")
     assert scoter_main(["reason", "publish", "--h", str(tmp_path / "nope"), "--reasoning-version", "v"]) == 2

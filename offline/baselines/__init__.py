@@ -1,0 +1,1 @@
+"""Reference baselines the generative models are compared with (SASRec, full-catalogue cross-entropy)."""

@@ -1,0 +1,1 @@
+"""Orchestration across stages: the end-to-end demo and re-evaluating any saved checkpoint."""

@@ -1,0 +1,62 @@
+"""EBNF grammars (xgrammar's dialect, close to llama.cpp's GBNF) for the answers the reasoning stages parse.
+
+A grammar makes the format a guarantee rather than a hope: a 135M model left free almost never writes the
+`<cot_path>` / `<reason>` / `<recommendations>` answer or a template-shaped chain. Lengths are bounded in
+characters so every answer ends; the content of each section is still the model's."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+WORD = r"[A-Za-z][A-Za-z'&/-]{0,15}"
+TEXT_CHAR = r"[^<>\n*]"
+
+
+def _lit(s: str) -> str:
+    return json.dumps(s)
+
+
+def _path_rule(min_steps: int, max_steps: int, words: int = 8) -> str:
+    return (f'path ::= step (" -> " step){{{min_steps - 1},{max_steps - 1}}}\n'
+            f'step ::= word (" " word){{0,{words - 1}}}\n'
+            f"word ::= {WORD}\n")
+
+
+def gvm_answer(*, fixed_path: Sequence[str] | None = None, n_candidates: int | None = None, n_recs: int = 20,
+               min_recs: int = 10,
+               reason_chars: int = 240, rec_chars: int = 60, min_steps: int = 2, max_steps: int = 5) -> str:
+    """The Figure-9 answer. With `n_candidates` each recommendation is a candidate's number (1..n, mapped to
+    its catalogue id); without, a short free-text item description (mapped by embedding). With `fixed_path`
+    the `<cot_path>` is that template (how a manual template is validated on the same footing)."""
+    path = _lit(" -> ".join(fixed_path)) if fixed_path else "path"
+    if n_candidates:
+        nums = " | ".join(_lit(str(k)) for k in range(n_candidates, 0, -1))  # longest first
+        recs = f'ref (", " ref){{{min(min_recs, n_recs) - 1},{n_recs - 1}}}'
+        rec_rules = f"ref ::= {nums}\n"
+    else:
+        recs = f'"<item>" desc "</item>" ("\\n<item>" desc "</item>"){{{min(min_recs, n_recs) // 2},{n_recs - 1}}}'
+        rec_rules = f"desc ::= {WORD} ({TEXT_CHAR}){{2,{rec_chars}}}\n"
+    g = (f'root ::= "<cot_path>\\n" {path} "\\n</cot_path>\\n<reason>\\n" reason "\\n</reason>\\n'
+         f'<recommendations>\\n" {recs} "\\n</recommendations>"\n'
+         f"reason ::= {WORD} ({TEXT_CHAR}){{8,{reason_chars}}}\n" + rec_rules)
+    return g if fixed_path else g + _path_rule(min_steps, max_steps)
+
+
+def best_path(*, min_steps: int = 2, max_steps: int = 6) -> str:
+    """The 'Best Path' line of the Figure-10 answer, as a step list."""
+    return 'root ::= path "\\n"\n' + _path_rule(min_steps, max_steps)
+
+
+def chain(steps: Sequence[str], *, step_chars: int = 200, min_chars: int = 12) -> str:
+    """A template-shaped chain: '**step:** text' per line, every step present, in order."""
+    body = " ".join(f'{_lit(("" if k == 0 else chr(10)) + f"**{s}:** ")} text' for k, s in enumerate(steps))
+    return f"root ::= {body}\ntext ::= {WORD} ({TEXT_CHAR}){{{min_chars},{step_chars}}}\n"
+
+
+def numbered_steps(k: int, *, step_chars: int = 80, min_chars: int = 12) -> str:
+    """K numbered lines "1. text" .. "K. text": one line per template step, in order. Cheaper than repeating
+    each step's name in the answer (every forced token is a decode step); the names are in the prompt and
+    `parsing.numbered_lines` + `prompts.format_chain` rebuild the '**step:** text' chain."""
+    body = " ".join(f'{_lit(("" if j == 1 else chr(10)) + f"{j}. ")} text' for j in range(1, k + 1))
+    return f"root ::= {body}\ntext ::= {WORD} ({TEXT_CHAR}){{{min_chars},{step_chars}}}\n"

@@ -1,0 +1,120 @@
+"""The item-aware head: prefix node ids follow the trie, all-position training is the per-prefix objective in one
+pass, the planted pattern is learned through the trainer, and the beam search traces into ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from offline.backbones import HstuConfig, HstuModel, RankingModule, TrainConfig, TrieTensors
+from offline.backbones.item_head import prefix_node_ids
+from offline.backbones.train import Trainer
+from offline.data.datasets import LeaveOneOut
+from offline.data.splits import Splits
+from offline.semantic_ids.codes import SemanticIds
+from offline.semantic_ids.trie import PrefixTrie
+from tests.offline.backbones.test_backbones import SIZES, planted_codes, planted_dataset
+
+torch.set_num_threads(1)
+
+
+def item_model(**overrides: object) -> HstuModel:
+    torch.manual_seed(0)
+    return HstuModel(HstuConfig.small(head="item", **overrides), planted_codes(), SIZES)
+
+
+def test_prefix_node_ids_are_the_tries_nodes() -> None:
+    body = planted_codes()[1:]
+    trie = PrefixTrie.from_codes(body, SIZES)
+    nodes = prefix_node_ids(body)
+    assert len(nodes) == len(SIZES) - 1
+    for item, row in enumerate(body):
+        node = 0
+        for depth, code in enumerate(row[:-1], start=1):
+            node = trie.next_node[depth - 1][node, code]
+            assert nodes[depth - 1][item] == node
+
+
+def test_the_item_head_has_no_code_decoder_and_ties_its_leaf_to_the_input_table() -> None:
+    model = item_model()
+    assert not hasattr(model, "decoder") and model.all_positions
+    names = {name for name, _ in model.named_parameters()}
+    assert not any(name.startswith("decoder") for name in names)
+    # the leaf reads the encoder's own item representation: a change to an input row moves that item's score
+    history = torch.tensor([[0, 0, 0, 0, 1, 2, 3, 4]])
+    before = model.sequence_log_prob(history, torch.tensor([[7]]))
+    with torch.no_grad():
+        model.item_emb.weight[7] += torch.randn(model.config.d_model)  # not constant: LN output sums to 0
+    assert not torch.allclose(before, model.sequence_log_prob(history, torch.tensor([[7]])))
+
+
+def test_all_position_loss_is_the_per_prefix_loss_in_one_pass() -> None:
+    """Without position embeddings (the one thing that differs: a prefix's newest item sits in the last slot)
+    the loss at every position of one pass equals the mean of the per-prefix losses."""
+    model = item_model().eval()
+    with torch.no_grad():
+        model.pos_emb.weight.zero_()
+    ds = planted_dataset(12)
+    loo = LeaveOneOut(ds, max_len=8)
+    inputs, targets = (torch.as_tensor(a) for a in loo.train_sequence_examples())
+    hist, tgt = (torch.as_tensor(a) for a in loo.train_examples())
+    seq_loss, seq_parts = model.sequence_loss(inputs, targets)
+    prefix_loss, prefix_parts = model.loss(hist, tgt)
+    assert int((targets > 0).sum()) == len(tgt)  # the same rows
+    torch.testing.assert_close(seq_loss, prefix_loss, rtol=1e-4, atol=1e-5)
+    assert seq_parts.keys() == prefix_parts.keys() == {"ce", "prefix"}
+
+
+def test_training_rows_never_contain_validation_or_test_targets() -> None:
+    ds = planted_dataset(40)
+    inputs, targets = LeaveOneOut(ds, max_len=8).train_sequence_examples()
+    for row, seq in enumerate(ds.sequences):
+        train = seq[:-2]
+        real = targets[row] > 0
+        np.testing.assert_array_equal(targets[row][real], train[1:][-8:])
+        np.testing.assert_array_equal(inputs[row][real], train[:-1][-8:])
+
+
+def test_trainer_learns_the_planted_pattern_with_the_item_head(tmp_path) -> None:
+    """Through the trainer's all-position path; chance level is Recall@1 = 1/30."""
+    ds = planted_dataset(300)
+    loo = LeaveOneOut(ds, max_len=8)
+    splits = Splits(ds, loo.train_examples(), loo.eval_examples("valid"), loo.eval_examples("test"))
+    codes = SemanticIds(codes=planted_codes(), codebook_sizes=SIZES)
+    cfg = TrainConfig(epochs=25, batch_size=32, lr=5e-3, warmup_steps=5, beam=5, eval_users=100, patience=25,
+                      weight_decay=0.0)
+    trainer = Trainer("hstu", splits, codes, tmp_path, cfg, HstuConfig.small(head="item").model_dump(),
+                      device="cpu")
+    assert trainer.training_arrays()[0].shape == (300, 8)  # one row per user, not one per prefix
+    trainer.fit()
+    metrics = trainer.final_evaluation(progress=False)
+    assert metrics["test"]["recall@1"] > 0.6 and metrics["test"]["recall@5"] > 0.85, metrics
+
+
+@pytest.mark.parametrize("prefix_weight", [0.0, 1.0])
+def test_item_head_beam_traces_to_onnx_and_matches_onnxruntime(tmp_path, prefix_weight: float) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = item_model(prefix_weight=prefix_weight).eval()
+    with torch.no_grad():
+        model.head.item_bias.normal_(0.0, 2.0)
+    ranker = RankingModule(model, TrieTensors.for_model(model), beam=6).eval()
+    rng = np.random.default_rng(3)
+    T = 8
+    args = (torch.as_tensor(rng.integers(0, 31, (2, T))), torch.ones(2, T, dtype=torch.bool),
+            torch.zeros(2, 2, 4), torch.zeros(2, dtype=torch.bool))
+    path = tmp_path / "ranker.onnx"
+    names = ["history", "history_mask", "reasoning", "reasoning_present"]
+    torch.onnx.export(ranker, args, str(path), input_names=names, output_names=["item_ids", "scores"],
+                      dynamic_axes={n: {0: "batch"} for n in names}, dynamo=False, opset_version=17)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    history = torch.as_tensor(rng.integers(0, 31, (5, T)))
+    mask = history > 0
+    wanted = {i.name for i in session.get_inputs()}
+    feed = {"history": history.numpy(), "history_mask": mask.numpy(),
+            "reasoning": np.zeros((5, 2, 4), np.float32), "reasoning_present": np.zeros(5, bool)}
+    items, scores = session.run(None, {k: v for k, v in feed.items() if k in wanted})
+    with torch.no_grad():
+        ref_items, ref_scores = ranker(history, mask, torch.zeros(5, 2, 4), torch.zeros(5, dtype=torch.bool))
+    np.testing.assert_array_equal(items, ref_items.numpy())
+    np.testing.assert_allclose(scores, ref_scores.numpy(), rtol=1e-5, atol=1e-5)
