@@ -76,7 +76,8 @@ def stage_discover(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     ds = corpus.load(args.dataset)
     llm = _llm(out, "discover", args.batch_size)
     t0 = time.perf_counter()
-    cfg = _gvm_cfg(args, variant="grounded", users=args.gvm_users, temperature=0.7)
+    cfg = _gvm_cfg(args, variant="grounded", users=args.gvm_users, temperature=0.7, step_words=8,
+                   reason_chars=100)  # discovery: the paper's 8 words per step, a longer reason
     report = run_gvm(cfg, llm, ds, out / "gvm")
     report["wall_s"] = time.perf_counter() - t0
     report["tokens_per_s"] = llm.tokens_per_second

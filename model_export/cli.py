@@ -15,12 +15,36 @@ from scoter.io import write_text_atomic
 log = logging.getLogger(__name__)
 
 
+class _Advisory(logging.Filter):
+    """Drops onnxruntime's quantiser hint to pre-process the graph (the bundle's int8 graph is verified for parity
+    instead); shown with `scoter -v`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider to run pre-processing before quantization")
+
+
+def quiet_export_logs(verbose: bool) -> None:
+    """Without -v: no tracing warnings from torch.onnx (unused-operator notes, dynamic-axis renames)."""
+    if verbose:
+        return
+    import warnings
+
+    for name in ("torch.onnx", "torch.onnx._internal.exporter._registration"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"torch\.onnx.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Advisory())
+
+
 def _export(args: argparse.Namespace) -> int:
     if args.checkpoint is None or args.out is None:
         raise ValueError("export: --checkpoint and --out are required (or use `scoter export verify`)")
     if args.out.exists() and not args.overwrite:
         raise ValueError(f"--out: {args.out} already exists (pass --overwrite to replace it)")
     import torch
+
+    quiet_export_logs(getattr(args, "verbose", False))  # after torch: its logging setup resets levels at import
 
     from model_export.export import ExportConfig, export_bundle
     from model_export.source import load_ranking_source

@@ -41,7 +41,7 @@ def add_train_flags(p: argparse.ArgumentParser, backbone: str | None = None) -> 
         desc = TrainConfig.model_fields[field].description or ""
         shown = "none" if value is None else value
         note = "" if backbone or flag != "batch-size" else ", per backbone"
-        text = f"stop training after this many seconds (a resumed run continues the budget)" if flag == "time-budget" else desc
+        text = "stop training after this many seconds (a resumed run continues the budget)" if flag == "time-budget" else desc
         p.add_argument(f"--{flag}", type=typ, default=None, help=f"{text} (default: {shown}{note})".strip())
     p.add_argument("--schedule", choices=["constant", "cosine"], default=None,
                    help="learning rate after warmup: constant, or cosine over the epochs or the --time-budget "
@@ -147,6 +147,14 @@ def add_backbone_data_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-users", type=int, default=None, help="use only the first N users")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+
+
+def describe_output(path: Path) -> str:
+    """'PATH (N files, X MiB)' for a stage's closing log line, so every artifact's size is in the log."""
+    path = Path(path)
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else ([path] if path.exists() else [])
+    size = sum(p.stat().st_size for p in files)
+    return f"{path} ({len(files)} file{'s' if len(files) != 1 else ''}, {size / 2**20:.1f} MiB)"
 
 
 def get_or_add_subparsers(

@@ -4,7 +4,8 @@ The hash and bucketing follow GrowthBook's cross-SDK spec (hash v1/v2, `inNamesp
 `chooseVariation`) so that assignments agree with any GrowthBook SDK given the same seeds and user id: the
 shared `cases.json` vectors test the functions, and the official Python SDK's `run_experiment` is the oracle for
 whole configs (tests/service/test_experiments.py). The SDK itself is not called per request: evaluating a
-config through it costs about three times as much as these functions (benchmarks/ab_assignment.py).
+config through it costs two to three times as much as these functions, on a path where every tens of
+microseconds count (benchmarks/ab_assignment.py, BENCHMARKS.md).
 
 Several experiments may run at once. Experiments sharing a namespace id get disjoint slices of it (mutual
 exclusion); experiments in different namespaces overlap. A global holdout takes a share of users out of every

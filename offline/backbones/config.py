@@ -135,5 +135,5 @@ class TrainConfig(BaseModel):
     @classmethod
     def for_backbone(cls, backbone: str, **overrides: object) -> TrainConfig:
         """Per-backbone defaults (paper batch sizes: 256 TIGER, 512 HSTU)."""
-        base: dict[str, object] = {"batch_size": 256 if backbone == "tiger" else 512}
+        base: dict[str, object] = {"batch_size": 512 if backbone == "hstu" else 256}
         return cls(**{**base, **overrides})

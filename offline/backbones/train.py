@@ -21,6 +21,7 @@ from offline.backbones.base import GenerativeBackbone
 from offline.backbones.beam_search import TrieTensors, recommend
 from offline.backbones.config import HstuConfig, TigerConfig, TrainConfig
 from offline.backbones.hstu import HstuModel
+from offline.backbones.sasrec_sid import SasrecSidConfig, SasrecSidModel
 from offline.backbones.tiger import TigerModel
 from offline.data.datasets import LeaveOneOut
 from offline.data.evaluation import rank_metrics, write_result
@@ -39,7 +40,7 @@ from scoter.paths import artifacts_root
 
 log = logging.getLogger(__name__)
 
-Backbone = Literal["tiger", "hstu"]
+Backbone = Literal["tiger", "hstu", "sasrec-sid"]
 LAST, BEST = "last.pt", "best.pt"
 
 
@@ -55,7 +56,9 @@ def build_model(
         return TigerModel(TigerConfig(**(config or {})), codes, codebook_sizes)
     if backbone == "hstu":
         return HstuModel(HstuConfig(**(config or {})), codes, codebook_sizes)
-    raise ValueError(f"backbone: expected 'tiger' or 'hstu', got {backbone!r}")
+    if backbone == "sasrec-sid":
+        return SasrecSidModel(SasrecSidConfig(**(config or {})), codes, codebook_sizes)
+    raise ValueError(f"backbone: expected 'tiger', 'hstu' or 'sasrec-sid', got {backbone!r}")
 
 
 def evaluate(

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from offline.cli_common import add_data_args, data_config, get_or_add_subparsers
+from offline.cli_common import add_data_args, data_config, describe_output, get_or_add_subparsers
 from scoter.paths import artifacts_root
 
 _FLAGS: tuple[tuple[str, type], ...] = (
@@ -75,7 +75,7 @@ def _train_sasrec(args: argparse.Namespace) -> int:
     if not doc:  # a torchrun rank other than 0: rank 0 reports
         return 0
     print(json.dumps({split: doc["metrics"][split]["overall"] for split in ("valid", "test")}, indent=2))
-    print(f"results: {Path(out) / 'results.json'}")
+    print(f"results: {Path(out) / 'results.json'}; run folder: {describe_output(Path(out))}")
     return 0
 
 

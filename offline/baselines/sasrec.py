@@ -252,6 +252,7 @@ def train_sasrec(config: SasrecConfig, out_dir: Path | str, resume: bool = True)
             if deadline is not None and distributed.any_true(time.perf_counter() > deadline):
                 out_of_time = True  # on every rank at once: none is left waiting in an all-reduce
                 break
+        train_loop_s = time.perf_counter() - timer.epoch_t0  # the batches alone, without the evaluation
         # every rank evaluates its (identical) weights; rank 0's numbers drive early stopping everywhere
         valid = distributed.broadcast_object(
             evaluate(model.recommend, split, "valid", config.eval, subgroups=False)["overall"]
@@ -259,7 +260,7 @@ def train_sasrec(config: SasrecConfig, out_dir: Path | str, resume: bool = True)
         improved = stopper.step(valid["recall@10"], epoch)
         epoch_loss = distributed.sum_float(float(total)) / len(tgt)
         history.append({"epoch": epoch + 1, "loss": epoch_loss, "valid_recall@10": valid["recall@10"],
-                        "valid_ndcg@10": valid["ndcg@10"]})
+                        "valid_ndcg@10": valid["ndcg@10"], "train_s": train_loop_s})
         if not ctx.is_main:
             continue  # rank 0 alone logs and writes checkpoints
         timer.end(
@@ -315,8 +316,11 @@ def train_sasrec(config: SasrecConfig, out_dir: Path | str, resume: bool = True)
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """Config fields that must match to resume: all but how long to run and where (epochs, patience, threads,
-    device), so a stopped run can be extended or moved between CPU and GPU."""
-    return {k: v for k, v in config.items() if k not in ("epochs", "patience", "threads", "device", "time_budget_s")}
+    device, time budget), so a stopped run can be extended or moved between CPU and GPU. Of the data settings only
+    the history length counts: the data itself is compared by checksum, and reader options added later must not
+    make an older checkpoint unresumable."""
+    skip = ("epochs", "patience", "threads", "device", "time_budget_s", "data")
+    return {**{k: v for k, v in config.items() if k not in skip}, "max_len": config["data"]["max_len"]}
 
 
 def load_sasrec(path: Path | str, device: torch.device | str = "cpu") -> tuple[SasrecModel, dict[str, Any]]:

@@ -432,8 +432,9 @@ def _items_from_table(path: Path, item_col: str, columns: ItemColumns | None = N
     df = _read_table(path)
     id_col = cols.id or (item_col if item_col in df.columns else "item_id")
     if id_col not in df.columns:
-        raise ValueError(f"{path}: field {id_col!r}: item id column missing (columns: {list(df.columns)}; "
-                         f"name it with --items-id-col)")
+        looked = repr(id_col) if cols.id else f"{item_col!r} (the interactions' item column) or 'item_id'"
+        raise ValueError(f"{path}: field {id_col!r}: item id column missing: no {looked} among "
+                         f"{list(df.columns)}; name it with --items-id-col")
     _require_columns(df, path, [id_col])
     ids = _id_strings(df[id_col])
     out: dict[str, Item] = {}

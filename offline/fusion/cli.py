@@ -12,6 +12,7 @@ from offline.cli_common import (
     add_backbone_data_args,
     add_train_flags,
     default_codes,
+    describe_output,
     get_or_add_subparsers,
     train_overrides,
 )
@@ -23,7 +24,7 @@ def run_config_from_args(args: argparse.Namespace, ablation: str = "full") -> An
 
     if args.reasoning is None:
         raise ValueError("--reasoning: required; give the H folder written by `scoter reason distill` "
-                         "(e.g. artifacts/<dataset>/reasoning): SCoTER trains on the student's reasoning")
+                         "(e.g. $SCOTER_ARTIFACTS/<dataset>/reasoning): SCoTER trains on the student's reasoning")
     overrides = train_overrides(args)
     try:
         fusion = json.loads(args.fusion_config) if args.fusion_config else {}
@@ -46,6 +47,7 @@ def run_config_from_args(args: argparse.Namespace, ablation: str = "full") -> An
         out_dir=args.out,
         baseline_dir=args.baseline,
         init_from_baseline=args.init_from_baseline,
+        init_from=args.init_from,
         device=args.device,
     )
 
@@ -53,9 +55,11 @@ def run_config_from_args(args: argparse.Namespace, ablation: str = "full") -> An
 def _train_scoter(args: argparse.Namespace) -> int:
     from offline.fusion.experiments import run_scoter
 
-    doc = run_scoter(run_config_from_args(args, args.ablation), with_baseline=not args.no_baseline)
+    cfg = run_config_from_args(args, args.ablation)
+    doc = run_scoter(cfg, with_baseline=not args.no_baseline)
     keys = ("backbone_test", "scoter_test", "scoter_test_h_absent", "gain_h_present", "gain_h_absent")
     print(json.dumps({k: doc[k] for k in keys if k in doc}, indent=2))
+    print(f"run folder: {describe_output(cfg.resolved_out())}")
     return 0
 
 
@@ -86,8 +90,12 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="plain backbone run folder to compare with, e.g. the `scoter train hstu` run (default: <out>/baseline; "
-        "trained there first if it has no result.json, which doubles the run: pass --no-baseline to skip it)",
+        "trained or resumed there first unless it holds a finished, evaluated run, which doubles the run; "
+        "--no-baseline skips the comparison)",
     )
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="warm-start from these backbone weights (e.g. the best.pt a continued --baseline also "
+                   "started from: an equal-compute comparison)")
     p.add_argument("--init-from-baseline", action="store_true",
                    help="warm-start the backbone weights from the baseline's best.pt (fusion starts fresh)")
     p.add_argument("--model-config", default=None, help="JSON overrides of the backbone config")

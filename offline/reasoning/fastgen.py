@@ -145,7 +145,8 @@ class TorchRuntime:
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer_info(tok_key: int, tok: Any, vocab_size: int) -> Any:
+def _tokenizer_info(tok: Any, vocab_size: int) -> Any:
+    """xgrammar's view of the vocabulary (built once per tokenizer: it walks every token)."""
     import xgrammar as xgr
 
     return xgr.TokenizerInfo.from_huggingface(tok, vocab_size=vocab_size)
@@ -157,7 +158,7 @@ class GrammarCache:
     def __init__(self, tok: Any, vocab_size: int) -> None:
         import xgrammar as xgr
 
-        self.info = _tokenizer_info(id(tok), tok, vocab_size)
+        self.info = _tokenizer_info(tok, vocab_size)
         self.compiler = xgr.GrammarCompiler(self.info)
         self._compiled: dict[str, Any] = {}
 

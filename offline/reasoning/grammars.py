@@ -24,7 +24,7 @@ def _path_rule(min_steps: int, max_steps: int, words: int = 8) -> str:
 
 
 def gvm_answer(*, fixed_path: Sequence[str] | None = None, n_candidates: int | None = None, n_recs: int = 20,
-               min_recs: int = 10,
+               min_recs: int = 10, step_words: int = 8,
                reason_chars: int = 240, rec_chars: int = 60, min_steps: int = 2, max_steps: int = 5) -> str:
     """The Figure-9 answer. With `n_candidates` each recommendation is a candidate's number (1..n, mapped to
     its catalogue id); without, a short free-text item description (mapped by embedding). With `fixed_path`
@@ -36,16 +36,45 @@ def gvm_answer(*, fixed_path: Sequence[str] | None = None, n_candidates: int | N
         rec_rules = f"ref ::= {nums}\n"
     else:
         recs = f'"<item>" desc "</item>" ("\\n<item>" desc "</item>"){{{min(min_recs, n_recs) // 2},{n_recs - 1}}}'
-        rec_rules = f"desc ::= {WORD} ({TEXT_CHAR}){{2,{rec_chars}}}\n"
+        rec_rules = f"desc ::= {WORD} ({TEXT_CHAR}){{2,{rec_chars}}}\n"  # ~4 tokens per 15 characters
     g = (f'root ::= "<cot_path>\\n" {path} "\\n</cot_path>\\n<reason>\\n" reason "\\n</reason>\\n'
          f'<recommendations>\\n" {recs} "\\n</recommendations>"\n'
          f"reason ::= {WORD} ({TEXT_CHAR}){{8,{reason_chars}}}\n" + rec_rules)
-    return g if fixed_path else g + _path_rule(min_steps, max_steps)
+    return g if fixed_path else g + _path_rule(min_steps, max_steps, step_words)
 
 
-def best_path(*, min_steps: int = 2, max_steps: int = 6) -> str:
-    """The 'Best Path' line of the Figure-10 answer, as a step list."""
-    return 'root ::= path "\\n"\n' + _path_rule(min_steps, max_steps)
+# Words a reasoning step is made of; the mined template may also use words that recur in its cluster's paths.
+REASONING_WORDS = (
+    "analyze analyse review summarize identify extract distinguish match expand predict rank recommend "
+    "purchase purchases history sequential recent stable long-term short-term interest interests preference "
+    "preferences profile user pattern patterns trend trends behavior brand brands category categories type "
+    "types product products item items feature features attributes shared complementary candidates bought "
+    "together next likely high-confidence tag tags signals loyalty repeat needs routine recommendation"
+).split()
+LINK_WORDS = "and vs of the to from with by via for on in".split()
+
+
+STEP_VERBS = ("Analyze", "Identify", "Distinguish", "Extract", "Match", "Expand via", "Predict", "Summarize",
+              "Rank", "Review", "Compare", "Find")
+
+
+def best_path(*, min_steps: int = 2, max_steps: int = 6, vocab: Sequence[str] | None = None) -> str:
+    """The 'Best Path' line of the Figure-10 answer, as a step list. With `vocab` each step is a verb and up to
+    four words from `vocab`, and the path ends in "Item Recommendation" like the paper's templates: a small
+    model then abstracts with real words rather than free text."""
+    if not vocab:
+        return 'root ::= path "\\n"\n' + _path_rule(min_steps, max_steps, 6)
+
+    def alts(ws: Sequence[str]) -> str:
+        forms = {v for w in ws for v in (w.lower(), w[:1].upper() + w[1:].lower())}
+        return " | ".join(_lit(w) for w in sorted(forms, key=len, reverse=True))
+
+    content = [w for w in vocab if w.lower() not in LINK_WORDS]
+    return (f'root ::= step (" -> " step){{{max(min_steps - 2, 0)},{max(max_steps - 2, 0)}}} '
+            f'" -> Item Recommendation\\n"\n'
+            f'step ::= verb " " cword (" " word){{0,3}}\n'
+            f"verb ::= {' | '.join(_lit(v) for v in STEP_VERBS)}\n"
+            f"cword ::= {alts(content)}\nword ::= {alts(list(content) + LINK_WORDS)}\n")
 
 
 def chain(steps: Sequence[str], *, step_chars: int = 200, min_chars: int = 12) -> str:

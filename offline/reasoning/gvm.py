@@ -105,6 +105,16 @@ def degenerate(text: str, min_distinct: float = 0.5) -> bool:
     return len(set(words)) / len(words) < min_distinct or len(set(bigrams)) / len(bigrams) < min_distinct
 
 
+def cluster_vocabulary(paths: Sequence[str], min_share: float = 0.5) -> list[str]:
+    """Generic reasoning words plus the alphabetic words (3+ letters) that recur in at least `min_share` of
+    the cluster's exemplar paths: what the cluster's pattern is made of."""
+    seen: Counter[str] = Counter()
+    for p in paths:
+        seen.update({w.lower() for w in re.findall(r"[A-Za-z][A-Za-z-]{2,}", p)})
+    recurring = [w for w, n in seen.items() if n >= max(2, min_share * len(paths))]
+    return sorted(set(grammars.REASONING_WORDS) | set(recurring))
+
+
 def abstract_template(llm: LLM, paths: Sequence[str], mining: Mining, cfg: GVMConfig,
                       fallback: list[str]) -> dict[str, Any]:
     """Figure-10 prompt -> 'Best Path'; falls back to the centroid-nearest path when the answer is unusable."""
@@ -116,7 +126,8 @@ def abstract_template(llm: LLM, paths: Sequence[str], mining: Mining, cfg: GVMCo
         lead = "### 3. Optimized Paths\n- Best Path (each step <= 8 words): "
         chat = chat + [{"role": "assistant", "content": lead}]
         params = params.model_copy(update={"grammar": grammars.best_path(min_steps=cfg.min_steps,
-                                                                         max_steps=cfg.max_steps),
+                                                                         max_steps=cfg.max_steps,
+                                                                         vocab=cluster_vocabulary(paths)),
                                            "repetition_penalty": 1.15, "temperature": 0.5, "top_p": 0.9})
         tries = llm.generate([chat] * 4, params)  # a few samples; the first that is not degenerate wins
         raw = lead + next((t for t in tries if not degenerate(t)), tries[0])
@@ -181,7 +192,8 @@ def answer_grammar(cfg: GVMConfig, fixed_path: Sequence[str] | None = None) -> s
     plain = cfg.variant == "plain"
     return grammars.gvm_answer(fixed_path=fixed_path, n_candidates=None if plain else cfg.candidates,
                                n_recs=cfg.plain_recs if plain else cfg.recall_k, reason_chars=cfg.reason_chars,
-                               min_steps=cfg.min_steps, max_steps=min(cfg.max_steps, 5))
+                               min_steps=cfg.min_steps, max_steps=min(cfg.max_steps, 5), step_words=cfg.step_words,
+                               rec_chars=48)
 
 
 def structured_generate(llm: LLM, examples: Sequence[dict[str, Any]], cfg: GVMConfig, seed: int,

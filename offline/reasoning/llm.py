@@ -122,6 +122,10 @@ def build_llm(spec: str | None = None, *, cache_path: Path | None = None, **over
     """'local' (default) or 'local:/path/to/model[::file.gguf]' -> in-process; 'http://host:port/v1[#model]' ->
     OpenAI-compatible client."""
     spec = spec or "local"
+    if spec.startswith(("http://", "https://")) and ("," in spec or "@" in spec.partition("#")[0].rsplit("/", 1)[-1]):
+        from offline.reasoning.endpoints import EndpointsConfig, MultiEndpointLLM  # 'URL[@N],URL[@N][#model]'
+
+        return MultiEndpointLLM(EndpointsConfig.parse(spec, cache_path=cache_path, **overrides))
     if spec.startswith(("http://", "https://")):
         from offline.reasoning.http_backend import HttpLLM
 

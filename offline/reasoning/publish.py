@@ -137,12 +137,12 @@ def _is_cluster(client: Any) -> bool:
 def _batches(n: int, batch_size: int, shard: Shard | None,
              rows: np.ndarray | None) -> list[tuple[int, int, tuple[int, int]]]:
     """(global batch number, first local row, global [start, stop)) of every batch to write."""
-    if shard is not None and shard.block % batch_size:
-        raise ValueError(f"batch_size: {batch_size} does not divide the shard block of {shard.block} rows")
     if rows is None:
         out = [(b, b * batch_size, (b * batch_size, min((b + 1) * batch_size, n)))
                for b in range((n + batch_size - 1) // batch_size)]
         return [x for x in out if shard is None or bool(shard.owns(np.array([x[2][0]]))[0])]
+    if shard is not None and shard.block % batch_size:
+        raise ValueError(f"batch_size: {batch_size} does not divide the shard's block of {shard.block} rows")
     rows = np.asarray(rows, np.int64)
     if len(rows) != n:
         raise ValueError(f"rows: {len(rows)} global row numbers for {n} users")

@@ -37,14 +37,22 @@ def _save_npy_atomic(path: Path, array) -> None:
 
 
 def _embed_dataset(args: argparse.Namespace):  # -> np.ndarray
+    """Item vectors from text (sentence encoder), from training interactions, or both mixed."""
     import torch
 
     from offline.semantic_ids.embeddings import EmbeddingConfig, ItemEmbedder
 
     torch.set_num_threads(args.threads)
     ds = _load_dataset(args)
+    if args.source in ("interactions", "mixed"):
+        from offline.semantic_ids.collaborative import interaction_vectors, mix
+
+        collab = interaction_vectors(ds, dim=args.dim)
+        if args.source == "interactions":
+            return collab
     config = EmbeddingConfig(model=args.model, batch_size=args.batch_size, use_cache=not args.no_cache)
-    return ItemEmbedder(config).encode_items(ds)
+    text = ItemEmbedder(config).encode_items(ds)
+    return text if args.source == "text" else mix(collab, text, args.text_weight)
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -114,12 +122,17 @@ def _add_embed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--no-cache", action="store_true", help="recompute even if cached")
+    p.add_argument("--source", choices=["text", "interactions", "mixed"], default="text",
+                   help="item text (default), training interactions (collaborative; for catalogues without "
+                   "text), or both concatenated")
+    p.add_argument("--dim", type=int, default=64, help="interaction vector width (--source interactions/mixed)")
+    p.add_argument("--text-weight", type=float, default=0.5, help="--source mixed: weight of the text part")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("embed", help="item text embeddings (cached by content hash)")
     _add_embed_args(p)
-    p.add_argument("--out", type=Path, default=None, help="default: artifacts/<dataset>/item_embeddings.npy")
+    p.add_argument("--out", type=Path, default=None, help="default: $SCOTER_ARTIFACTS/<dataset>/item_embeddings.npy")
     p.set_defaults(func=_embed)
 
     sid = subparsers.add_parser("sid", help="semantic IDs")
@@ -134,7 +147,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--seed", type=int, default=None)
     b.add_argument("--levels", type=int, default=None, help="codebooks (default 4)")
     b.add_argument("--codebook-size", type=int, default=None, help="codes per level (default 256)")
-    b.add_argument("--out", type=Path, default=None, help="output folder (default: artifacts/<dataset>)")
+    b.add_argument("--out", type=Path, default=None, help="output folder (default: $SCOTER_ARTIFACTS/<dataset>)")
     b.set_defaults(func=_sid_build)
     s = sid_sub.add_parser("stats", help="print the report of a semantic_ids_*.npz")
     s.add_argument("path", type=Path)

@@ -43,7 +43,7 @@ def test_candidates_follow_co_occurrence_and_carry_catalogue_ids() -> None:
     assert cands[0] == 2 and scores == sorted(scores, reverse=True)  # 2 follows 1 in three training parts
     text = g.render_candidates(cands)
     assert text.splitlines()[0] == "1. (#X2) Top coat | Nails"
-    assert g.render_profile([1, 4, 5]) == "categories Nails -> Lips -> Face; brands Acme x2"
+    assert g.render_profile([1, 2, 5]) == "categories Nails -> Face; brands Acme x2"
     assert "brand_12" not in g.item_line(5)  # placeholder brands say nothing and are left out
     assert recommended_items(["1", "3", "1"], cands, np.eye(8, dtype=np.float32), lambda t: np.zeros((len(t), 8)),
                              k=20) == [cands[0], cands[2]]

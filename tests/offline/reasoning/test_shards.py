@@ -11,9 +11,17 @@ import numpy as np
 import pytest
 import redis
 
+from offline.data.datasets import Dataset
 from offline.reasoning import pipeline
 from offline.reasoning.config import EncoderStudentConfig
-from offline.reasoning.encode import SHARD_FILE, Shard, encode_shard, merge_shards, read_shard, student_h_of_rows
+from offline.reasoning.encode import (
+    SHARD_FILE,
+    Shard,
+    encode_shard,
+    merge_shards,
+    read_shard,
+    student_h_of_rows,
+)
 from scoter import h_folder
 from scoter.cli import main as scoter_main
 from tests.offline.reasoning.test_pipeline import _teacher
@@ -95,34 +103,44 @@ def test_two_shards_publish_the_same_store_as_one(tmp_path, two_redis) -> None:
     assert _store(two) == expected
 
 
+def _many_users(tiny: Dataset, n: int) -> Dataset:
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(1, tiny.n_items + 1, int(rng.integers(4, 8))).astype(np.int64) for _ in range(n)]
+    return Dataset(name="many", user_ids=[f"m{i}" for i in range(n)], sequences=seqs, items=tiny.items,
+                   n_items=tiny.n_items, checksum="many")
+
+
 def test_encoded_shards_equal_one_encode_in_files_and_store(tiny_dataset, tmp_path, two_redis) -> None:
-    """A real encoder student (MiniLM + head) encodes 6 users whole, and as 2 shards of 2-row blocks."""
+    """A real encoder student (MiniLM item vectors + trained head) encodes 8200 users whole, and as 2 shards of
+    4096-row blocks (the student's inference chunk: each row group is the one the whole run feeds it)."""
     cfg = EncoderStudentConfig(epochs=2)
     student, _ = pipeline.train_encoder_student(tiny_dataset, _teacher(tiny_dataset), cfg, tmp_path)
+    ds = _many_users(tiny_dataset, 8200)
     whole = tmp_path / "whole"
-    pipeline.precompute_h(student, tiny_dataset, whole, cfg)
+    pipeline.precompute_h(student, ds, whole, cfg)
     shards = tmp_path / "shards"
+    block = 4096
     for i in range(2):
-        shard = Shard(index=i, count=2, block=2)
-        folder = encode_shard(student_h_of_rows(student, tiny_dataset, cfg), tiny_dataset.user_ids, shards, shard)
-        assert read_shard(folder)[1].tolist() == shard.rows(6).tolist()
+        shard = Shard(index=i, count=2, block=block)
+        folder = encode_shard(student_h_of_rows(student, ds, cfg), ds.user_ids, shards, shard)
+        assert read_shard(folder)[1].tolist() == shard.rows(len(ds.user_ids)).tolist()
     merge_shards(shards, 2, tmp_path / "merged")
     for name in FILES:
         assert (tmp_path / "merged" / name).read_bytes() == (whole / name).read_bytes(), name
 
     # a complete shard is skipped, not recomputed
-    done = shards / Shard(index=0, count=2, block=2).name
+    done = shards / Shard(index=0, count=2, block=block).name
     mtime = (done / "H_test.npy").stat().st_mtime_ns
-    encode_shard(lambda *_: pytest.fail("recomputed a complete shard"), tiny_dataset.user_ids, shards,
-                 Shard(index=0, count=2, block=2))
+    encode_shard(lambda *_: pytest.fail("recomputed a complete shard"), ds.user_ids, shards,
+                 Shard(index=0, count=2, block=block))
     assert (done / "H_test.npy").stat().st_mtime_ns == mtime
 
     # publishing each shard folder fills the store as publishing the whole folder does
     one_url, two_url = two_redis
-    args = ("--batch-size", "2", "--shard-block", "2")
+    args = ("--batch-size", "512", "--shard-block", str(block))
     one = _publish(whole, one_url, *args)
-    for i in range(2):
-        _publish(shards / Shard(index=i, count=2, block=2).name, two_url, *args)
+    _publish(shards, two_url, *args, "--shard", "0/2")  # the folder holding the shards, as the Indexed Job does
+    _publish(shards / Shard(index=1, count=2, block=block).name, two_url, *args)  # one shard folder itself
     two = redis.Redis.from_url(two_url)
     assert _store(two, skip_meta=True) == _store(one, skip_meta=True)  # meta names the folder it came from
 
@@ -153,9 +171,9 @@ def test_bad_shard_flags_are_clear_errors(tmp_path, capsys) -> None:
     assert "not below count" in capsys.readouterr().err
     assert scoter_main([*base, "--shard", "0/2"]) == 2
     assert "--created-at" in capsys.readouterr().err
-    assert scoter_main([*base, "--shard", "0/2", "--created-at", CREATED, "--batch-size", "3"]) == 2
-    assert "does not divide" in capsys.readouterr().err
     (folder / SHARD_FILE).write_text(json.dumps({"index": 0, "count": 1, "block": 8, "n_rows": 23,
                                                  "rows": list(range(23))}))
     assert scoter_main([*base, "--shard", "0/2", "--created-at", CREATED]) == 2
     assert "already one shard" in capsys.readouterr().err
+    assert scoter_main([*base, "--created-at", CREATED, "--batch-size", "3"]) == 2
+    assert "does not divide" in capsys.readouterr().err
