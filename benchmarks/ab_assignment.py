@@ -27,9 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.harness import ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from growthbook.core import run_experiment
 
     from scoter.io import write_json_atomic
+    from scoter.testing import THREE_IN_TWO
     from service.experiments import load_config
-    from tests.service.test_experiments import THREE_IN_TWO
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "three.json"

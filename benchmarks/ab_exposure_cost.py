@@ -26,9 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.harness import ROOT
 
 
 @dataclass
@@ -85,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ab_exposure_cost.json")
     args = p.parse_args(argv)
     from scoter.io import write_json_atomic
-    from tests.service.private_redis import redis_server
+    from scoter.testing import redis_server
 
     out: dict = {"benchmark": "ab_exposure_cost", "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                  "machine": f"{platform.machine()} VM, {os.cpu_count()} CPUs, shared; Redis on the same machine",

@@ -34,9 +34,7 @@ import numpy as np
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.harness import ROOT
 
 log = logging.getLogger("ab_exposure_overhead")
 
@@ -133,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     from model_export.testing import build_bundle
     from scoter.io import write_json_atomic
-    from tests.service.private_redis import redis_server
+    from scoter.testing import redis_server
 
     rng = np.random.default_rng(args.seed)
     with tempfile.TemporaryDirectory() as tmp_s:
@@ -151,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             base = {"SCOTER_REDIS_URL": redis_url, "SCOTER_EXPOSURES_STREAM": "bench:exposures"}
             builds = {"A": {}, "B": {"SCOTER_EXPOSURES_ENABLED": "false"}}
             procs, urls = {}, {}
-            from tests.service.conftest import free_port
+            from scoter.testing import free_port
             try:
                 for name, env in builds.items():
                     port = free_port()

@@ -33,9 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.harness import ROOT
 
 log = logging.getLogger("ab_simulation")
 EXPERIMENT, HOLDOUT, STREAM = "sim-ranker", "sim-holdout", "scoter:exposures"
@@ -169,7 +167,7 @@ def simulate(work: Path, n_users: int, lift: float = 0.05, aa_runs: int = 20, se
     from model_export.testing import build_bundle
     from offline.ab import analyze
     from scoter.cli import main as scoter_main
-    from tests.service.private_redis import redis_server
+    from scoter.testing import redis_server
 
     rng = np.random.default_rng(seed)
     bundle = work / "bundle"

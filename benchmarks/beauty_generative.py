@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codes", type=Path, default=None, help="semantic IDs of the generative checkpoints")
     p.add_argument("--prefix-weights", default=None,
                    help="item-aware head: comma-separated prefix weights to score with (default: the model's)")
+    p.add_argument("--served", default=None, help="name of the entry the served bundle is exported from, or 'best-valid' (the generative "
+                   "entry with the best validation Recall@10)")
     p.add_argument("--beam", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-users", type=int, default=None)
@@ -151,7 +153,13 @@ def main(argv: list[str] | None = None) -> int:
                 run(name, lambda h, k, m=model: m.recommend(h, k, beam=args.beam),
                     {"model": "generative", "checkpoint": str(path), "config": state_cfg, "beam": args.beam,
                      "prefix_weight_at_ranking": w, **training_facts(path)})
-    write_result(args.out, {**provenance(), "dataset": ds.name, "models": models})
+    doc: dict[str, Any] = {**provenance(), "dataset": ds.name}
+    if args.served == "best-valid":  # model selection on validation only
+        generative = [n for n, m in models.items() if m["model"] == "generative"]
+        args.served = max(generative, key=lambda n: models[n]["valid"]["recall@10"]["mean"])
+    if args.served:  # the entry a bundle is exported from: its metrics also at the top level
+        doc.update(served=args.served, valid=models[args.served]["valid"], test=models[args.served]["test"])
+    write_result(args.out, {**doc, "models": models})
     return 0
 
 

@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -88,13 +87,6 @@ def median_se(values: Sequence[float], digits: int = 4) -> dict[str, float | int
 
 
 # -- a served bundle ------------------------------------------------------------------------------------------
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def resolve_bundle(bundle: Path | None, tmp: Path) -> tuple[Path, Any, list[str]]:
     """The bundle to serve (the tiny testing bundle, built under `tmp`, when none is given), its manifest and
     item ids."""

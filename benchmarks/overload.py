@@ -24,7 +24,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,24 +36,16 @@ import psutil
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python benchmarks/overload.py` as well as `python -m benchmarks.overload`
-    sys.path.insert(0, str(ROOT))
-
-from scoter.bundle import load_bundle  # noqa: E402
-from scoter.io import write_json_atomic  # noqa: E402
-from scoter.provenance import git_commit  # noqa: E402
-from scoter.reasoning_store import encode, reasoning_key  # noqa: E402
+from benchmarks.harness import ROOT
+from scoter.bundle import load_bundle
+from scoter.io import write_json_atomic
+from scoter.provenance import git_commit
+from scoter.reasoning_store import encode, reasoning_key
+from scoter.testing import free_port
 
 log = logging.getLogger("overload")
 PATH = "/v1/recommendations"
 HEADERS = {"content-type": "application/json"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fixture_bundle(tmp: Path, n_items: int) -> Path:

@@ -73,7 +73,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", choices=["tiger", "hstu"], required=True)
+    p.add_argument("--backbone", choices=["tiger", "hstu", "sasrec-sid"], required=True)
     add_backbone_data_args(p)
     p.add_argument(
         "--reasoning",

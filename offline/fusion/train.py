@@ -31,7 +31,7 @@ from scoter.h_folder import SPLITS, ReasoningArrays
 
 log = logging.getLogger(__name__)
 
-Backbone = Literal["tiger", "hstu"]
+Backbone = Literal["tiger", "hstu", "sasrec-sid"]
 
 
 # -- trainer --------------------------------------------------------------------------------------------------

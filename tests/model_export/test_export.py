@@ -102,7 +102,7 @@ def test_reasoning_changes_the_ranking_in_the_graph(bundle, trained):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["hstu", "hstu-item"])
+@pytest.mark.parametrize("backbone", ["hstu", "hstu-item", "sasrec-sid"])
 def test_hstu_backbone_exports_with_parity(tmp_path, backbone):
     torch.set_num_threads(1)
     src, data = train_tiny(backbone, steps=5)

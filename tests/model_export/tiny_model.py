@@ -53,6 +53,10 @@ def train_tiny(backbone: str = "tiger", n_items: int = 300, codebook_sizes: tupl
         model = TigerModel(TigerConfig.small(), codes, sizes)
     elif backbone == "hstu-item":  # the item-aware head (prefix heads + item-tied leaf)
         model = HstuModel(HstuConfig.small(head="item"), codes, sizes)
+    elif backbone == "sasrec-sid":
+        from offline.backbones.sasrec_sid import SasrecSidConfig, SasrecSidModel
+
+        model = SasrecSidModel(SasrecSidConfig.small(), codes, sizes)
     else:
         model = HstuModel(HstuConfig.small(), codes, sizes)
     d_item = model.config.d_model

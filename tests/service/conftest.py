@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -17,6 +16,7 @@ import redis
 from asgi_lifespan import LifespanManager
 
 from model_export.testing import TinyModel, build_bundle
+from scoter.testing import free_port
 from service.app import create_app
 from service.settings import ServiceSettings
 
@@ -77,17 +77,6 @@ def uid(run_id: str) -> Callable[[], str]:
     n = iter(range(10**6))
     tag = uuid.uuid4().hex[:6]
     return lambda: f"u-{run_id}-{tag}-{next(n)}"
-
-
-def free_port(max_port: int = 65535) -> int:
-    """A port free right now (the OS's pick), at most `max_port`."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port <= max_port:
-            return port
-    raise RuntimeError(f"no free port <= {max_port}")
 
 
 def dead_redis_url() -> str:

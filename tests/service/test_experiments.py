@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from scoter.testing import THREE_IN_TWO
 from service.experiments import (
     Experiment,
     Variant,
@@ -164,18 +165,6 @@ def test_example_config_is_valid():
 
 # The shape: three experiments running at once in two namespaces plus a 5% global holdout. "ranking"
 # holds two mutually exclusive bundle experiments; "ui" overlaps them with a label-only one.
-THREE_IN_TWO = {
-    "holdout": {"key": "global-holdout", "seed": "holdout-2026", "share": 0.05},
-    "experiments": [
-        {"key": "reasoning-on", "seed": "r1", "namespace": {"id": "ranking", "range": [0, 0.5]},
-         "variants": [{"name": "control", "weight": 0.5, "bundle": "a"},
-                      {"name": "scoter", "weight": 0.5, "bundle": "b"}]},
-        {"key": "new-backbone", "seed": "r2", "namespace": {"id": "ranking", "range": [0.5, 1]}, "coverage": 0.8,
-         "variants": [{"name": "control", "weight": 0.3, "bundle": "a"},
-                      {"name": "hstu", "weight": 0.7, "bundle": "c"}]},
-        {"key": "ten-items", "seed": "u1", "namespace": {"id": "ui", "range": [0, 1]},
-         "variants": [{"name": "k5", "weight": 0.5}, {"name": "k10", "weight": 0.5}]},
-    ]}
 
 
 def _three_in_two(tmp_path: Path):

@@ -60,10 +60,14 @@ def make(kind: str, **overrides: object):
     torch.manual_seed(0)
     if kind == "tiger":
         return TigerModel(TigerConfig.small(**overrides), planted_codes(), SIZES)
+    if kind == "sasrec-sid":
+        from offline.backbones.sasrec_sid import SasrecSidConfig, SasrecSidModel
+
+        return SasrecSidModel(SasrecSidConfig.small(**overrides), planted_codes(), SIZES)
     return HstuModel(HstuConfig.small(**overrides), planted_codes(), SIZES)
 
 
-@pytest.mark.parametrize("kind", ["tiger", "hstu"])
+@pytest.mark.parametrize("kind", ["tiger", "hstu", "sasrec-sid"])
 def test_encode_shapes_and_padding_mask(kind: str) -> None:
     model = make(kind).eval()
     history = torch.tensor([[0, 0, 0, 3, 4, 5, 6, 7], [0, 0, 0, 0, 0, 0, 0, 9]])
@@ -76,7 +80,7 @@ def test_encode_shapes_and_padding_mask(kind: str) -> None:
     torch.testing.assert_close(h_seq[0, -5 * per_item :], h_short[0], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["tiger", "hstu"])
+@pytest.mark.parametrize("kind", ["tiger", "hstu", "sasrec-sid"])
 def test_fusion_hook_is_applied_only_when_reasoning_is_present(kind: str) -> None:
     model = make(kind).eval()
     d = model.config.d_model

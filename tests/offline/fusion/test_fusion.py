@@ -253,15 +253,17 @@ def _planted_reasoning(ds, D: int = 16, K: int = 3, seed: int = 1):
     return ReasoningArrays(H, {s: np.ones(ds.n_users, bool) for s in H}, "planted(test only)")
 
 
-@pytest.mark.parametrize("backbone", ["tiger", "hstu"])
+@pytest.mark.parametrize("backbone", ["tiger", "hstu", "sasrec-sid"])
 def test_scoter_trainer_trains_evaluates_and_resumes(backbone: str, tmp_path) -> None:
     from offline.backbones.config import HstuConfig, TigerConfig, TrainConfig
+    from offline.backbones.sasrec_sid import SasrecSidConfig
     from offline.fusion.checkpoint import load_ranking_model
     from offline.fusion.train import ScoterTrainer
 
     ds, splits, codes = _tiny_world()
     reasoning = _planted_reasoning(ds)
-    model_cfg = (TigerConfig.small() if backbone == "tiger" else HstuConfig.small()).model_dump()
+    small = {"tiger": TigerConfig.small, "hstu": HstuConfig.small, "sasrec-sid": SasrecSidConfig.small}[backbone]
+    model_cfg = small().model_dump()
     fcfg = FusionConfig.small(reasoning_dim=16, d_item=model_cfg["d_model"], heads=4)
     tcfg = TrainConfig(epochs=2, batch_size=64, lr=3e-3, warmup_steps=0, beam=10, eval_users=0, patience=5)
     trainer = ScoterTrainer(backbone, splits, codes, tmp_path, tcfg, fcfg, reasoning, model_cfg, device="cpu")
