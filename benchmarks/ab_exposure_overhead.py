@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,68 +33,16 @@ import numpy as np
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.harness import ROOT
+from benchmarks.harness import ROOT, start_server, stop_server
+from benchmarks.open_loop import fire, schedule
 
 log = logging.getLogger("ab_exposure_overhead")
-
-
-def start_server(config: Path, env_extra: dict[str, str], port: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env_extra}
-    cmd = [sys.executable, "-m", "scoter.cli", "serve", "--experiments", str(config), "--port", str(port),
-           "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server not ready in 120 s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 async def open_loop(url: str, bodies: list[dict], rate: float, duration_s: float,
                     rng: np.random.Generator) -> tuple[np.ndarray, dict[str, int]]:
     """Poisson arrivals; each request's latency from its intended send time (no coordinated omission)."""
-    import aiohttp
-
-    offsets = np.cumsum(rng.exponential(1.0 / rate, size=int(rate * duration_s)))
-    latencies = np.full(len(offsets), np.nan)
-    codes: dict[str, int] = {}
-    conn = aiohttp.TCPConnector(limit=1024)
-    async with aiohttp.ClientSession(url, connector=conn, timeout=aiohttp.ClientTimeout(total=10)) as s:
-        async def one(i: int, intended: float) -> None:
-            try:
-                async with s.post("/v1/recommendations", data=json.dumps(bodies[i % len(bodies)]),
-                                  headers={"content-type": "application/json"}) as r:
-                    await r.read()
-                    key = str(r.status)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                key = type(exc).__name__
-            latencies[i] = time.perf_counter() - intended
-            codes[key] = codes.get(key, 0) + 1
-
-        tasks = []
-        start = time.perf_counter() + 0.05
-        for i, off in enumerate(offsets):
-            intended = start + float(off)
-            delay = intended - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, intended)))
-        await asyncio.gather(*tasks)
+    latencies, _, codes, _ = await fire(url, bodies, schedule(rate, duration_s, "poisson", rng), 10.0)
     return latencies, codes
 
 
@@ -153,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for name, env in builds.items():
                     port = free_port()
-                    procs[name] = start_server(config, {**base, **env}, port)
+                    procs[name] = start_server(None, {**base, **env}, port, serve_args=["--experiments", str(config)])
                     urls[name] = f"http://127.0.0.1:{port}"
                 for name in builds:  # warm both
                     asyncio.run(open_loop(urls[name], bodies, 50, 3, rng))

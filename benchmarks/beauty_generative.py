@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generative", type=Path, action="append", default=[], help="TIGER/HSTU/SCoTER checkpoint")
     p.add_argument("--sasrec", type=Path, action="append", default=[], help="SASRec checkpoint")
     p.add_argument("--codes", type=Path, default=None, help="semantic IDs of the generative checkpoints")
-    p.add_argument("--prefix-weights", default=None,
-                   help="item-aware head: comma-separated prefix weights to score with (default: the model's)")
+    p.add_argument("--prior-weights", default=None,
+                   help="item-aware head: comma-separated prior weights the beam scores with (default: the model's)")
     p.add_argument("--served", default=None, help="name of the entry the served bundle is exported from, or 'best-valid' (the generative "
                    "entry with the best validation Recall@10)")
     p.add_argument("--beam", type=int, default=20)
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     pop_group = group_items_by_popularity(loo.train_item_counts())
     splits = {s: loo.eval_examples(s) for s in ("valid", "test")}
     models: dict[str, Any] = {}
+    test_hits: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per-user (hit@10, ndcg@10) for paired differences
 
     def run(name: str, recommend, facts: dict[str, Any]) -> None:
         entry: dict[str, Any] = {**facts}
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             topk, _ = recommend(hist, 20)
             entry[split] = breakdown(topk, tgt, target_freq, pop_group)
+            if split == "test":
+                test_hits[name] = per_user(topk, tgt)
             entry[f"{split}_rank_s"] = round(time.perf_counter() - t0, 1)
         log.info("%s: test R@10 %.4f N@10 %.4f", name, entry["test"]["recall@10"]["mean"],
                  entry["test"]["ndcg@10"]["mean"])
@@ -144,16 +147,26 @@ def main(argv: list[str] | None = None) -> int:
             model = load_ranking_model(path, codes)
             state_cfg = model.config.model_dump()
             weights = [None]
-            if model.head is not None and args.prefix_weights:
-                weights = [float(w) for w in args.prefix_weights.split(",")]
+            if model.head is not None and args.prior_weights:
+                weights = [float(w) for w in args.prior_weights.split(",")]
             for w in weights:
                 if w is not None:
-                    model.head.prefix_weight = w
-                name = f"{model.config.__class__.__name__}:{path}" + ("" if w is None else f":prefix_weight={w}")
+                    model.head.prior_weight = w
+                name = f"{type(model).__name__}:{path}" + ("" if w is None else f":prior_weight={w}")
                 run(name, lambda h, k, m=model: m.recommend(h, k, beam=args.beam),
                     {"model": "generative", "checkpoint": str(path), "config": state_cfg, "beam": args.beam,
-                     "prefix_weight_at_ranking": w, **training_facts(path)})
+                     "prior_weight_at_ranking": w, **training_facts(path)})
     doc: dict[str, Any] = {**provenance(), "dataset": ds.name}
+    baselines = [n for n, m in models.items() if m["model"] == "sasrec"]
+    paired = {}  # generative minus SASRec on the same test users: mean and standard error of the per-user difference
+    for name, m in models.items():
+        if m["model"] != "generative":
+            continue
+        for base in baselines:
+            (h, n), (hb, nb) = test_hits[name], test_hits[base]
+            paired[f"{name} - {base}"] = {"recall@10": mean_se(h - hb), "ndcg@10": mean_se(n - nb)}
+    if paired:
+        doc["paired_test_differences"] = paired
     if args.served == "best-valid":  # model selection on validation only
         generative = [n for n, m in models.items() if m["model"] == "generative"]
         args.served = max(generative, key=lambda n: models[n]["valid"]["recall@10"]["mean"])

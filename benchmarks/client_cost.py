@@ -19,7 +19,6 @@ from pathlib import Path
 
 from benchmarks.harness import (
     RESULTS,
-    free_port,
     median_se,
     poster,
     provenance,
@@ -28,6 +27,7 @@ from benchmarks.harness import (
     stop_server,
     write_result,
 )
+from scoter.testing import free_port
 
 
 async def per_request(url: str, client: str, bodies: list[dict]) -> tuple[float, float]:

@@ -106,19 +106,26 @@ def describe_bundle(bundle: Path | None) -> str:
         "beam={beam})".format(**TINY_BUNDLE)
 
 
-def start_server(bundle: Path, env_extra: dict[str, str], port: int, workers: int = 1,
-                 root: Path = ROOT, timeout_s: float = 120.0) -> subprocess.Popen:
-    """`scoter serve` from checkout `root` in a child process; returns once /readyz answers 200."""
+def start_server(bundle: Path | None, env_extra: dict[str, str], port: int, workers: int = 1,
+                 root: Path = ROOT, timeout_s: float = 120.0, serve_args: Sequence[str] = ()) -> subprocess.Popen:
+    """`scoter serve` (`--bundle`, or what ``serve_args`` names, e.g. `--experiments FILE`) from checkout `root` in
+    a child process; returns once /readyz answers 200. Its output goes to a temporary file (never a pipe a busy
+    server could fill and block on), read back only if it fails to start."""
+    import tempfile
+
     import httpx
 
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", **env_extra}
-    cmd = [sys.executable, "-m", "scoter.cli", "serve", "--bundle", str(bundle), "--port", str(port),
-           "--workers", str(workers), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    cmd = [sys.executable, "-m", "scoter.cli", "serve", *(["--bundle", str(bundle)] if bundle else []), *serve_args,
+           "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+    out = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+            out.seek(0)
+            raise RuntimeError(f"server exited with {proc.returncode}: {out.read()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                 return proc

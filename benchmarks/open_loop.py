@@ -93,9 +93,10 @@ def schedule(rate: float, duration_s: float, arrivals: str, rng: np.random.Gener
     return np.cumsum(rng.exponential(1.0 / rate, size=n))
 
 
-async def open_loop(url: str, bodies: list[dict], offsets: np.ndarray, timeout_s: float,
-                    client: str = "aiohttp") -> dict:
-    """Fire body i at start + offsets[i] whatever happened to earlier requests; latency from that intended time."""
+async def fire(url: str, bodies: list[dict], offsets: np.ndarray, timeout_s: float,
+               client: str = "aiohttp") -> tuple[np.ndarray, np.ndarray, dict[str, int], float]:
+    """Send body i at start + offsets[i] whatever happened to earlier requests: (latency from the intended send
+    time [n], client send lag [n], count per status code or error name, wall seconds)."""
     latencies = np.full(len(offsets), np.nan)
     lags = np.zeros(len(offsets))
     codes: dict[str, int] = {}
@@ -116,6 +117,13 @@ async def open_loop(url: str, bodies: list[dict], offsets: np.ndarray, timeout_s
             tasks.append(asyncio.create_task(one(i, intended)))
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - start
+    return latencies, lags, codes, wall
+
+
+async def open_loop(url: str, bodies: list[dict], offsets: np.ndarray, timeout_s: float,
+                    client: str = "aiohttp") -> dict:
+    """`fire`, summarised: rates, status codes, latency percentiles, client send lag."""
+    latencies, lags, codes, wall = await fire(url, bodies, offsets, timeout_s, client)
     ok = sum(v for k, v in codes.items() if k.startswith("2"))
     return {
         "offered_rps": round(len(offsets) / float(offsets[-1]), 1) if len(offsets) > 1 else None,

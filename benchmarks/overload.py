@@ -36,7 +36,7 @@ import psutil
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.harness import ROOT
+from benchmarks.harness import ROOT, start_server
 from scoter.bundle import load_bundle
 from scoter.io import write_json_atomic
 from scoter.provenance import git_commit
@@ -79,27 +79,6 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen, int]:
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("redis-server did not start")
-
-
-def start_server(bundle: Path, port: int, env_extra: dict[str, str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env_extra}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "scoter.cli", "serve", "--bundle", str(bundle), "--port", str(port),
-                             "--log-level", "warning"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    import httpx
-
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server not ready in 120 s")
 
 
 def scrape(url: str) -> dict:
@@ -255,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 configs["no_shedding"] = {**env, "SCOTER_QUEUE_TIMEOUT_MS": "0", "SCOTER_LOOP_LAG_SHED_MS": "0"}
             for name, cfg in configs.items():
                 port = free_port()
-                servers[name] = (start_server(bundle, port, cfg), f"http://127.0.0.1:{port}")
+                servers[name] = (start_server(bundle, cfg, port), f"http://127.0.0.1:{port}")
                 asyncio.run(closed_loop(servers[name][1], bodies, 8, 2.0))  # warm caches and connections
             url = servers["shedding"][1]
             capacity = asyncio.run(closed_loop(url, bodies, args.capacity_concurrency, args.capacity_s))

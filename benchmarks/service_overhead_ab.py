@@ -24,6 +24,7 @@ import numpy as np
 
 from benchmarks import harness
 from benchmarks.open_loop import run_step
+from scoter.testing import free_port
 
 log = logging.getLogger("service_overhead_ab")
 
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     procs, urls = {}, {}
     try:
         for name, (root, env) in builds.items():
-            port = harness.free_port()  # `scoter serve` runs from this build's checkout (cwd and PYTHONPATH)
+            port = free_port()  # `scoter serve` runs from this build's checkout (cwd and PYTHONPATH)
             procs[name] = harness.start_server(bundle.resolve(), {**base, **env}, port, 1, root=root)
             urls[name] = f"http://127.0.0.1:{port}"
             log.info("build %s: %s %s on %s", name, root, env, urls[name])

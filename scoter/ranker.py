@@ -71,16 +71,21 @@ class BundleRanker:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.config.intra_op_threads
         opts.inter_op_num_threads = self.config.inter_op_threads
+        providers = choose_providers(self.config.providers)
+        level = self.config.graph_optimization
+        if level == "all" and self.config.variant == "fp16" and providers[0] == "CPUExecutionProvider":
+            # ORT's CPU layout rewrites (the level above "extended") crash the process on the item-aware head's
+            # fp16 graph (scatter-add over item masses); fp16 is the GPU variant, so CPU keeps the safe level
+            log.warning("fp16 graph on the CPU provider: graph optimisation capped at 'extended'")
+            level = "extended"
         opts.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.config.graph_optimization]
+        }[level]
         graph = self.bundle_dir / self.manifest.graphs[self.config.variant]
-        self.session = ort.InferenceSession(
-            str(graph), sess_options=opts, providers=choose_providers(self.config.providers)
-        )
+        self.session = ort.InferenceSession(str(graph), sess_options=opts, providers=providers)
         self.provider = self.session.get_providers()[0]
         self.items = load_items(self.bundle_dir)
         self.output_names = [spec.name for spec in self.manifest.outputs]

@@ -84,8 +84,11 @@ class HstuConfig(BaseModel):
         "(offline/backbones/item_head.py), trained at every position of a user's sequence",
     )
     prefix_depths: int = Field(1, ge=0, description="'item' head: leading code depths with a head of their own")
-    prefix_weight: float = Field(
-        1.0, ge=0.0, description="'item' head: weight of the prefix heads, in the loss and in the beam's scores"
+    prefix_weight: float = Field(1.0, ge=0.0, description="'item' head: weight of the prefix cross-entropies")
+    prior_weight: float = Field(
+        0.0, ge=0.0,
+        description="'item' head: weight of the prefix log-probabilities in the beam's scores; 0 ranks by the "
+        "item-tied leaf alone (measured best on Beauty validation, BENCHMARKS.md)",
     )
     decoder: DecoderConfig = Field(
         default_factory=lambda: DecoderConfig(d_model=256, layers=3, heads=4, d_kv=64, d_ff=1024, dropout=0.1)

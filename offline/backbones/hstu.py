@@ -69,7 +69,7 @@ class HstuModel(GenerativeBackbone):
         self.ln_out = nn.LayerNorm(d)
         self.drop = nn.Dropout(config.dropout)
         if config.head == "item":
-            self.head = ItemAwareHead(self.codes, d, config.prefix_depths, config.prefix_weight)
+            self.head = ItemAwareHead(self.codes, d, config.prefix_depths, config.prefix_weight, config.prior_weight)
         else:
             self.decoder = CodeDecoder(config.decoder, self.codebook_sizes, d_memory=d)
 

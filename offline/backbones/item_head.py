@@ -39,12 +39,15 @@ class ItemAwareHead(nn.Module):
 
     Deeper prefixes get no table: on catalogues of this size their nodes are nearly one per item, so a table there
     would cost as much as the leaf and add nothing; the beam scores them by the leaf's probability mass under them.
-    ``prefix_weight`` scales the prefix cross-entropies in the loss and the prefix log-probabilities in the beam."""
+    ``prefix_weight`` scales the prefix cross-entropies in the loss; ``prior_weight`` scales the prefix
+    log-probabilities the beam adds to a candidate's score (0: the beam ranks by the leaf alone)."""
 
-    def __init__(self, codes: torch.Tensor, d: int, prefix_depths: int = 1, prefix_weight: float = 1.0) -> None:
+    def __init__(self, codes: torch.Tensor, d: int, prefix_depths: int = 1, prefix_weight: float = 1.0,
+                 prior_weight: float = 0.0) -> None:
         super().__init__()
         nodes = prefix_node_ids(codes[1:].cpu().numpy())
         self.prefix_weight = prefix_weight
+        self.prior_weight = prior_weight
         self.depths = len(nodes)  # prefix depths 1..L-1 the beam passes through
         self.prefix_depths = min(prefix_depths, self.depths)
         for depth, ids in enumerate(nodes, start=1):
@@ -91,17 +94,17 @@ class ItemAwareHead(nn.Module):
         weighted prefix log-probabilities of the item's coarse prefixes (the exhaustive reference)."""
         scores = self.item_log_probs(h, item_table)
         for depth in range(1, self.prefix_depths + 1):
-            prior = self.prefix_weight * self.prefix_log_probs(h, depth)
+            prior = self.prior_weight * self.prefix_log_probs(h, depth)
             scores = scores + prior.gather(1, self.node_of_item(depth).expand(h.shape[0], -1))
         return scores
 
-    def node_scores(self, item_lp: torch.Tensor, h: torch.Tensor, depth: int) -> torch.Tensor:
-        """Score of every depth-``depth`` node [N, n_nodes]: log of the leaf's probability mass under it, plus the
-        weighted prefix log-probabilities of its coarse ancestors (its own included, when it has a table)."""
-        shift = item_lp.max(dim=1, keepdim=True).values  # exp() of the best item is 1: no node underflows to 0 mass
-        mass = torch.zeros(item_lp.shape[0], self.n_nodes[depth - 1], device=h.device)
-        index = self.node_of_item(depth).expand(item_lp.shape[0], -1)
-        mass = mass.scatter_add(1, index, torch.exp(item_lp - shift))  # ONNX ScatterElements, reduction "add"
+    def log_mass(self, probs: torch.Tensor, shift: torch.Tensor, depth: int) -> torch.Tensor:
+        """log of the leaf's probability mass under every depth-``depth`` node [N, n_nodes], from the shifted item
+        probabilities ``probs`` = exp(item log-prob - shift) (shift = each row's best item log-prob, so no node
+        with a reachable item underflows to zero mass)."""
+        mass = torch.zeros(probs.shape[0], self.n_nodes[depth - 1], device=probs.device)
+        index = self.node_of_item(depth).expand(probs.shape[0], -1)
+        mass = mass.scatter_add(1, index, probs)  # ONNX ScatterElements, reduction "add"
         return torch.log(mass) + shift
 
 
@@ -125,7 +128,9 @@ def item_aware_beam_search(
     B = h.shape[0]
     device = h.device
     item_lp = head.item_log_probs(h, model.item_table())
-    prior = [head.prefix_weight * head.prefix_log_probs(h, d) for d in range(1, head.prefix_depths + 1)]
+    shift = item_lp.max(dim=1, keepdim=True).values
+    probs = torch.exp(item_lp - shift)
+    prior = [head.prior_weight * head.prefix_log_probs(h, d) for d in range(1, head.prefix_depths + 1)]
     width = 1
     node = torch.zeros(B, 1, dtype=torch.long, device=device)
     ancestors = torch.zeros(B, 1, device=device)  # summed prior of each beam's coarse prefixes so far
@@ -137,13 +142,14 @@ def item_aware_beam_search(
         safe = flat.clamp(min=0)
         depth = pos + 1
         if depth <= head.depths:
-            own = head.node_scores(item_lp, h, depth).gather(1, safe)
+            own = head.log_mass(probs, shift, depth).gather(1, safe)
         else:
             own = item_lp.gather(1, trie.leaf_item[safe])
         anc = ancestors.repeat_interleave(V, dim=1)
         if depth <= head.prefix_depths:
             anc = anc + prior[depth - 1].gather(1, safe)
-        cand = (own + anc).masked_fill(flat < 0, NEG_INF)
+        dead = torch.isinf(scores).repeat_interleave(V, dim=1)  # a dead beam (fewer prefixes than beams) stays dead
+        cand = (own + anc).masked_fill((flat < 0) | dead, NEG_INF)
         k = min(beam, width * V)
         scores, idx = torch.topk(cand, k, dim=1)
         node = safe.gather(1, idx)

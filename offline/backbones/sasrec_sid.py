@@ -33,7 +33,10 @@ class SasrecSidConfig(BaseModel):
     ff_mult: int = Field(4, gt=0)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     prefix_depths: int = Field(1, ge=0, description="leading code depths with a head of their own")
-    prefix_weight: float = Field(1.0, ge=0.0, description="weight of the prefix heads, in the loss and the beam")
+    prefix_weight: float = Field(1.0, ge=0.0, description="weight of the prefix cross-entropies in the loss")
+    prior_weight: float = Field(
+        0.0, ge=0.0, description="weight of the prefix log-probabilities in the beam's scores (0: the leaf ranks)"
+    )
 
     @classmethod
     def small(cls, **overrides: object) -> SasrecSidConfig:
@@ -54,7 +57,8 @@ class SasrecSidModel(GenerativeBackbone):
         super().__init__(codes, codebook_sizes)
         self.config = config
         self.encoder = SasrecModel(self.n_items, config.sasrec())
-        self.head = ItemAwareHead(self.codes, config.d_model, config.prefix_depths, config.prefix_weight)
+        self.head = ItemAwareHead(self.codes, config.d_model, config.prefix_depths, config.prefix_weight,
+                                  config.prior_weight)
 
     def item_embedding(self, items: torch.Tensor) -> torch.Tensor:
         return self.encoder.item_emb(items)

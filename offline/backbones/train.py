@@ -236,7 +236,7 @@ class Trainer:
     def best_state(self) -> dict[str, Any]:
         """What ``best.pt`` holds: enough to rebuild the model for evaluation and export."""
         return {"backbone": self.backbone, "model_config": self.model_cfg, "model": self.model.state_dict(),
-                "epoch": self.epoch}
+                "epoch": self.epoch, "dataset": self.splits.dataset.name}
 
     def _train_epoch(self, hist: torch.Tensor, tgt: torch.Tensor, deadline: float | None) -> tuple[float, bool]:
         """One pass over the shuffled training examples; returns (mean loss, budget ran out)."""
@@ -290,6 +290,7 @@ class Trainer:
         v_hist, v_tgt = self.splits.valid
         v_hist, v_tgt = v_hist[self.valid_subset], v_tgt[self.valid_subset]
         t_run = time.monotonic()
+        epochs_here = 0  # epochs of this fit() call (a resumed run's earlier epochs are not in t_run)
         out_of_time = False
         self._ddp = distributed.wrap(self.model, find_unused_parameters=True)  # after any fusion is attached
         if self.dist.rank:
@@ -312,9 +313,13 @@ class Trainer:
                          self.stopper.best_epoch)
                 self._warn_if_not_annealed(hist.shape[0])
                 break
-            per_epoch = (time.monotonic() - t_run) / max(self.epoch, 1)
+            epochs_here += 1
+            per_epoch = (time.monotonic() - t_run) / epochs_here
+            eta_s = per_epoch * (self.cfg.epochs - self.epoch)
+            if deadline is not None:  # the budget ends the run first when it is the nearer bound
+                eta_s = min(eta_s, max(deadline - time.monotonic(), 0.0))
             log.info("%s: epoch %d/%d loss %.4f %.1fs | ETA %.1f min (max)", self.run_name, self.epoch,
-                     self.cfg.epochs, loss, train_s, per_epoch * (self.cfg.epochs - self.epoch) / 60)
+                     self.cfg.epochs, loss, train_s, eta_s / 60)
         self.finished = not out_of_time  # a budget stop can be continued later with a larger budget (e.g. on a GPU)
         self._save()
         self.elapsed_before_s, self.t_start = self.elapsed_s(), None
@@ -331,7 +336,8 @@ class Trainer:
         record = {"epoch": self.epoch, "partial": partial, "step": self.step, "loss": loss, "train_s": train_s,
                   "eval_s": time.monotonic() - t0, "valid_subset": metrics, "best": self.stopper.best}
         self._log(record)
-        log.info("%s: epoch %d val(%d users) %s %.4f%s", self.run_name, self.epoch, len(v_tgt), key,
+        label = f"{self.epoch + 1} (partial)" if partial else str(self.epoch)
+        log.info("%s: epoch %s val(%d users) %s %.4f%s", self.run_name, label, len(v_tgt), key,
                  metrics[key], " (best)" if improved else "")
         self._save()
 

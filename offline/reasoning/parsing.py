@@ -132,10 +132,21 @@ def split_chain(text: str, steps: Sequence[str]) -> list[str] | None:
     parts = []
     for k in range(len(steps)):
         body = " ".join(x for x in found.get(k, []) if x).strip().strip("*").strip()
+        body = _strip_echo(body, steps[k])
         if not re.search(r"[^\W\d_]{3,}", body):  # empty, or only numbering/punctuation ("1.", "-"): missing
             return None
         parts.append(body)
     return parts
+
+
+def _strip_echo(body: str, step: str) -> str:
+    """A small model often starts a step by copying its name ("Analyze the pattern: ..."): that copy says
+    nothing about the user, so it is dropped; a step that is only the copy is then empty (rejected)."""
+    words = re.findall(r"[a-z0-9]+", step.lower())
+    if not words:
+        return body
+    m = re.match(r"\W*" + r"\W+".join(map(re.escape, words)) + r"\W*(?::|$)", body, flags=re.I)
+    return body[m.end():].strip() if m else body
 
 
 def numbered_lines(text: str, k: int) -> list[str] | None:

@@ -46,6 +46,8 @@ def run_teacher(llm: LLM, dataset: Any, steps: list[str], cfg: DistillConfig, ou
         rejected = sum(r["steps"] is None for r in saved["records"])
         saved["report"].update(accepted=len(saved["records"]) - rejected, rejected=rejected,
                                rejected_rate=rejected / max(len(saved["records"]), 1))
+        if saved["report"].get("seconds"):
+            saved["report"]["chains_per_hour"] = saved["report"]["accepted"] / saved["report"]["seconds"] * 3600
         log.info("teacher chains loaded from %s (%d rejected)", path, rejected)
         return saved
     rows = corpus.sample_users(dataset, cfg.teacher_users, cfg.seed + 1)

@@ -32,7 +32,8 @@ from dockerfile_parse import DockerfileParser
 
 from model_export.testing import build_bundle, item_ids
 from scoter.reasoning_store import encode, reasoning_key
-from tests.deploy.conftest import DEPLOY, REPO, dashboard_queries, expand_grafana, free_port
+from scoter.testing import free_port
+from tests.deploy.conftest import DEPLOY, REPO, dashboard_queries, expand_grafana
 
 REDIS_URL = os.environ.get("SCOTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SCRAPE_S = 1

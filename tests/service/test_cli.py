@@ -16,9 +16,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from scoter.cli import main
+from scoter.testing import free_port
 from service.experiments import assign, load_config
 from service.srm import counts_from_metrics_text, srm_test
-from tests.service.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

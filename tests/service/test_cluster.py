@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from scoter.reasoning_store import encode, reasoning_key
+from scoter.testing import free_port
 from service.reasoning_fetch import CircuitBreaker, ReasoningFetcher, ReasoningSpec, make_client
-from tests.service.conftest import free_port
 
 
 @pytest.fixture

@@ -414,7 +414,7 @@ def test_a_client_that_disconnects_while_queued_is_dropped_not_served(bundle_dir
 
     import httpx
 
-    from tests.service.conftest import free_port
+    from scoter.testing import free_port
     from tests.service.test_cli import _wait_ready
 
     _, _, redis_url = private_redis

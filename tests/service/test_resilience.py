@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from scoter.reasoning_store import encode, reasoning_key
+from scoter.testing import free_port
 from service.cli import main_serve
-from tests.service.conftest import free_port, make_settings, serve
+from tests.service.conftest import make_settings, serve
 from tests.service.test_cli import _wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]

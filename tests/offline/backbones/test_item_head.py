@@ -16,6 +16,7 @@ from offline.data.splits import Splits
 from offline.semantic_ids.codes import SemanticIds
 from offline.semantic_ids.trie import PrefixTrie
 from tests.offline.backbones.test_backbones import SIZES, planted_codes, planted_dataset
+from tests.offline.backbones.test_beam_search import assert_traces_to_onnx
 
 torch.set_num_threads(1)
 
@@ -93,44 +94,25 @@ def test_trainer_learns_the_planted_pattern_with_the_item_head(tmp_path) -> None
     assert metrics["test"]["recall@1"] > 0.6 and metrics["test"]["recall@5"] > 0.85, metrics
 
 
-@pytest.mark.parametrize("prefix_weight", [0.0, 1.0])
-def test_item_head_beam_traces_to_onnx_and_matches_onnxruntime(tmp_path, prefix_weight: float) -> None:
-    onnxruntime = pytest.importorskip("onnxruntime")
-    model = item_model(prefix_weight=prefix_weight).eval()
+@pytest.mark.parametrize("prior_weight", [0.0, 1.0])
+def test_item_head_beam_traces_to_onnx_and_matches_onnxruntime(tmp_path, prior_weight: float) -> None:
+    model = item_model(prior_weight=prior_weight).eval()
     with torch.no_grad():
         model.head.item_bias.normal_(0.0, 2.0)
     ranker = RankingModule(model, TrieTensors.for_model(model), beam=6).eval()
-    rng = np.random.default_rng(3)
-    T = 8
-    args = (torch.as_tensor(rng.integers(0, 31, (2, T))), torch.ones(2, T, dtype=torch.bool),
-            torch.zeros(2, 2, 4), torch.zeros(2, dtype=torch.bool))
-    path = tmp_path / "ranker.onnx"
-    names = ["history", "history_mask", "reasoning", "reasoning_present"]
-    torch.onnx.export(ranker, args, str(path), input_names=names, output_names=["item_ids", "scores"],
-                      dynamic_axes={n: {0: "batch"} for n in names}, dynamo=False, opset_version=17)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    history = torch.as_tensor(rng.integers(0, 31, (5, T)))
-    mask = history > 0
-    wanted = {i.name for i in session.get_inputs()}
-    feed = {"history": history.numpy(), "history_mask": mask.numpy(),
-            "reasoning": np.zeros((5, 2, 4), np.float32), "reasoning_present": np.zeros(5, bool)}
-    items, scores = session.run(None, {k: v for k, v in feed.items() if k in wanted})
-    with torch.no_grad():
-        ref_items, ref_scores = ranker(history, mask, torch.zeros(5, 2, 4), torch.zeros(5, dtype=torch.bool))
-    np.testing.assert_array_equal(items, ref_items.numpy())
-    np.testing.assert_allclose(scores, ref_scores.numpy(), rtol=1e-5, atol=1e-5)
+    assert_traces_to_onnx(ranker, 30, np.random.default_rng(3), tmp_path)
 
 
 # -- SASRec's encoder with the item-aware head -----------------------------------------------------------------
 def test_sasrec_sid_started_from_a_sasrec_checkpoint_scores_items_as_that_sasrec(tmp_path) -> None:
-    """With the prefix heads weighted 0 and the item bias at its zero init, the generative model's beam scores are
-    SASRec's full-catalogue log-softmax, and its top items SASRec's."""
+    """With no prefix prior in the beam (the default) and the item bias at its zero init, the generative model's
+    beam scores are SASRec's full-catalogue log-softmax, and its top items SASRec's."""
     from offline.backbones.sasrec_sid import SasrecSidConfig, SasrecSidModel, init_from_sasrec
     from offline.baselines.sasrec import SasrecModel, _state
     from offline.training_utils import save_checkpoint
 
     ds = planted_dataset(20)
-    cfg = SasrecSidConfig.small(prefix_weight=0.0)
+    cfg = SasrecSidConfig.small()
     torch.manual_seed(1)
     sasrec = SasrecModel(ds.n_items, cfg.sasrec()).eval()
     save_checkpoint(tmp_path / "sasrec.pt", _state(sasrec, cfg.sasrec(), ds, epoch=0))

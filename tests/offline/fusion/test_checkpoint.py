@@ -16,7 +16,8 @@ from offline.semantic_ids.codes import SemanticIds
 from offline.training_utils import load_checkpoint, rng_state, save_checkpoint
 
 CHECKPOINTS = Path(__file__).resolve().parents[3] / "benchmarks" / "checkpoints"
-GENERATIVE = ["beauty_hstu_cpu.pt", "beauty_hstu_cpu45.pt", "beauty_scoter_hstu_cpu.pt", "beauty_scoter_hstu_cpu45.pt"]
+GENERATIVE = ["beauty_hstu_cpu.pt", "beauty_hstu_cpu45.pt", "beauty_scoter_hstu_cpu.pt", "beauty_scoter_hstu_cpu45.pt",
+              "beauty_hstu_item.pt", "beauty_sasrec_sid.pt"]
 
 
 @pytest.fixture(scope="module")

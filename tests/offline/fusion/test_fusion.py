@@ -351,11 +351,11 @@ def test_cli_registers_without_torch_and_names_match() -> None:
     import sys
 
     code = ("import sys; from scoter.cli import build_parser; p = build_parser(); "
-            "a = p.parse_args(['train', 'scoter', '--backbone', 'hstu', '--ablation', 'no_position']); "
+            "a = p.parse_args(['train', 'scoter', '--backbone', 'hstu', '--dataset', 'd', '--ablation', 'no_position']); "
             "assert a.func.__name__ == '_train_scoter'; "
             "from offline.cli_common import train_overrides; "
             "got = [train_overrides(p.parse_args([*cmd, '--schedule', 'cosine', '--time-budget', '60'])) "
-            "       for cmd in (['train', 'scoter', '--backbone', 'hstu'], ['train', 'hstu'])]; "
+            "       for cmd in (['train', 'scoter', '--backbone', 'hstu', '--dataset', 'd'], ['train', 'hstu', '--dataset', 'd'])]; "
             "assert got == [{'schedule': 'cosine', 'time_budget_s': 60.0}] * 2, got; "
             "assert 'torch' not in sys.modules, 'torch imported at registration'")
     from scoter.paths import REPO_ROOT

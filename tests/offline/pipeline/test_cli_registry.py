@@ -24,4 +24,4 @@ def test_every_command_registers_without_torch() -> None:
     commands, train = out.stdout.strip().split(" | ")
     assert {"data", "embed", "sid", "train", "reason", "llm", "ablate", "export", "serve", "evaluate",
             "demo"} <= set(commands.split())
-    assert train.split() == ["hstu", "sasrec", "scoter", "tiger"]
+    assert train.split() == ["hstu", "sasrec", "sasrec-sid", "scoter", "tiger"]

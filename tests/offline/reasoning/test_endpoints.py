@@ -23,8 +23,9 @@ from offline.reasoning.endpoints import EndpointConfig, EndpointsConfig, MultiEn
 from offline.reasoning.http_backend import LLMRequestError
 from offline.reasoning.llm import build_llm
 from offline.reasoning.server import create_app
+from scoter.testing import free_port
 
-from .conftest import free_port, serve
+from .conftest import serve
 
 GREEDY = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=8)
 REPO = Path(__file__).resolve().parents[3]

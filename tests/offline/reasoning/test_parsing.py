@@ -73,3 +73,13 @@ def test_split_chain_accepts_loose_headers_and_rejects_missing_steps() -> None:
                        steps) is None  # an empty step is a missing step
     assert split_chain("**User Profile Summary:** 1.\n**User Interest Extraction:** 2.\n**Item Recommendation:** 3.",
                        steps) is None  # numbering only: the small teacher wrote nothing
+
+
+def test_a_step_that_only_copies_its_name_is_rejected() -> None:
+    from offline.reasoning.parsing import split_chain
+
+    steps = ["Analyze repeat of the pattern", "Item Recommendation"]
+    echo = "**Analyze repeat of the pattern:** Analyze repeat of the pattern:\n**Item Recommendation:** Eau de Parfum"
+    assert split_chain(echo, steps) is None
+    ok = "**Analyze repeat of the pattern:** buys OPI often\n**Item Recommendation:** Item Recommendation: a top coat"
+    assert split_chain(ok, steps) == ["buys OPI often", "a top coat"]

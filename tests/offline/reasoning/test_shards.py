@@ -24,8 +24,8 @@ from offline.reasoning.encode import (
 )
 from scoter import h_folder
 from scoter.cli import main as scoter_main
+from scoter.testing import redis_server
 from tests.offline.reasoning.test_pipeline import _teacher
-from tests.service.private_redis import redis_server
 from tests.service.test_cluster import cluster_port  # noqa: F401  (fixture: a real one-node cluster)
 
 CREATED = "1700000000"
