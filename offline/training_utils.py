@@ -125,9 +125,10 @@ class EpochTimer:
     """Logs one line per epoch with examples/s and an ETA for the remaining epochs (an upper bound when early
     stopping ends the run sooner)."""
 
-    def __init__(self, total_epochs: int, start_epoch: int = 0) -> None:
+    def __init__(self, total_epochs: int, start_epoch: int = 0, deadline: float | None = None) -> None:
         self.total = total_epochs
         self.start_epoch = start_epoch
+        self.deadline = deadline  # time.perf_counter() at which a time budget ends the run
         self.t0 = time.perf_counter()
         self.epoch_t0 = self.t0
 
@@ -140,6 +141,8 @@ class EpochTimer:
         done = epoch + 1 - self.start_epoch
         per_epoch = (now - self.t0) / max(done, 1)
         eta = per_epoch * (self.total - epoch - 1)
+        if self.deadline is not None:  # the budget ends the run first when it is the nearer bound
+            eta = min(eta, max(self.deadline - now, 0.0))
         extra = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         log.info(
             "epoch %d/%d %.1fs (%.0f ex/s) %s | ETA %.1f min (max)",

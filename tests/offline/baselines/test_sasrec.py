@@ -102,3 +102,18 @@ def test_beauty_subset_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["evaluate", "--checkpoint", str(out / "best.pt")]) == 0
     printed = json.loads(capsys.readouterr().out.split("results:")[-1].split("\n", 1)[1])
     assert printed["test"] == pytest.approx(doc["metrics"]["test"]["overall"])
+
+
+def test_epoch_eta_respects_the_time_budget(caplog) -> None:
+    """100 epochs left at ~0 s each would be an ETA of minutes at best; a budget ending in 60 s caps it at 1 min."""
+    import logging
+    import time
+
+    from offline.training_utils import EpochTimer
+
+    timer = EpochTimer(total_epochs=10_000, deadline=time.perf_counter() + 60)
+    timer.t0 -= 10.0  # one epoch took 10 s: 9,999 more would be ~1,666 min without the budget
+    with caplog.at_level(logging.INFO, logger="offline.training_utils"):
+        timer.end(0, 100, loss=1.0)
+    eta_min = float(caplog.records[-1].getMessage().split("ETA ")[1].split(" min")[0])
+    assert 0.9 <= eta_min <= 1.0
