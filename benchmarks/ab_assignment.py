@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from growthbook.core import run_experiment
 
     from scoter.io import write_json_atomic
-    from scoter.testing import THREE_IN_TWO
+    from scoter.testing import THREE_IN_TWO, growthbook_experiments
     from service.experiments import load_config
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,11 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(THREE_IN_TWO))
         loaded = load_config(path)
     cfg = loaded.config
-    sdk_exps = [gb.Experiment(key=e.key, variations=[v.name for v in e.variants], seed=e.hash_seed,
-                              weights=[v.weight for v in e.variants], coverage=e.coverage, hashVersion=2,
-                              namespace=(e.namespace.id, *e.namespace.range)) for e in cfg.experiments]
-    holdout = gb.Experiment(key=cfg.holdout.key, variations=["holdout", "rest"], seed=cfg.holdout.seed,
-                            weights=[cfg.holdout.share, 1 - cfg.holdout.share], hashVersion=2)
+    sdk_exps, holdout = growthbook_experiments(cfg)
     g = GlobalContext(options=Options())
     users = [f"user-{i}" for i in range(args.users)]
 

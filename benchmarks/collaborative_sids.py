@@ -31,7 +31,7 @@ def first_code_hit_rate(codes: np.ndarray, histories: np.ndarray, targets: np.nd
 
 
 def describe(sid: Any, histories: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
-    from offline.backbones.item_head import prefix_node_ids
+    from offline.semantic_ids.trie import prefix_node_ids
 
     report = sid.report
     nodes = [int(ids.max()) + 1 for ids in prefix_node_ids(sid.codes[1:])]

@@ -78,6 +78,7 @@ class BundleRanker:
             # fp16 graph (scatter-add over item masses); fp16 is the GPU variant, so CPU keeps the safe level
             log.warning("fp16 graph on the CPU provider: graph optimisation capped at 'extended'")
             level = "extended"
+        self.graph_optimization = level  # the level the session was built with
         opts.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

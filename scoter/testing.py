@@ -79,3 +79,16 @@ THREE_IN_TWO = {
         {"key": "ten-items", "seed": "u1", "namespace": {"id": "ui", "range": [0, 1]},
          "variants": [{"name": "k5", "weight": 0.5}, {"name": "k10", "weight": 0.5}]},
     ]}
+
+
+def growthbook_experiments(config):  # config: service.experiments' parsed config -> (experiments, holdout)
+    """The same experiments and holdout as the official `growthbook` SDK's objects (hash v2, weights, coverage,
+    namespace ranges): the oracle the service's own assignment is checked and timed against."""
+    import growthbook as gb
+
+    experiments = [gb.Experiment(key=e.key, variations=[v.name for v in e.variants], seed=e.hash_seed,
+                                 weights=[v.weight for v in e.variants], coverage=e.coverage, hashVersion=2,
+                                 namespace=(e.namespace.id, *e.namespace.range)) for e in config.experiments]
+    holdout = gb.Experiment(key=config.holdout.key, variations=["holdout", "rest"], seed=config.holdout.seed,
+                            weights=[config.holdout.share, 1 - config.holdout.share], hashVersion=2)
+    return experiments, holdout

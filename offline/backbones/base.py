@@ -122,21 +122,16 @@ class GenerativeBackbone(nn.Module):
         reasoning: torch.Tensor | None = None,
         present: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Teacher-forced cross-entropy over the target's code tuple, plus the fusion module's weighted
-        contrastive loss when a fusion module with ``contrastive_loss`` is attached and H is given."""
+        """The output side's loss at the newest position (teacher-forced code cross-entropy, or the item-aware
+        head's), plus the fusion module's weighted contrastive loss when one is attached and H is given."""
         mem, mask = self.memory(history, reasoning, present)
         if self.head is not None:  # the newest position's state, as in every row of all-position training
             total, parts = self.head.loss(mem[:, -1], targets, self.item_table())
-            aux = self.aux_loss(targets, reasoning, present)
-            if aux is not None:
-                parts["aux"] = float(aux.detach())
-                total = total + aux
-            return total, parts
-        codes = self.codes[targets]
-        logits = self.decode_logits(mem, mask, codes)
-        ce = sum(F.cross_entropy(lg.float(), codes[:, pos]) for pos, lg in enumerate(logits)) / len(logits)
-        parts = {"ce": float(ce.detach())}
-        total = ce
+        else:
+            codes = self.codes[targets]
+            logits = self.decode_logits(mem, mask, codes)
+            total = sum(F.cross_entropy(lg.float(), codes[:, pos]) for pos, lg in enumerate(logits)) / len(logits)
+            parts = {"ce": float(total.detach())}
         aux = self.aux_loss(targets, reasoning, present)
         if aux is not None:
             parts["aux"] = float(aux.detach())

@@ -95,12 +95,6 @@ class HstuConfig(BaseModel):
     )
 
     @classmethod
-    def item_aware(cls, **overrides: object) -> HstuConfig:
-        """The item-aware recipe: d 64, dropout 0.5 (SASRec's and Meta's HSTU setting on Amazon data)."""
-        base: dict[str, object] = {"head": "item", "d_model": 64, "d_qk": 64, "d_v": 64, "dropout": 0.5}
-        return cls(**{**base, **overrides})
-
-    @classmethod
     def small(cls, **overrides: object) -> HstuConfig:
         """Tiny sizes for tests."""
         base: dict[str, object] = {

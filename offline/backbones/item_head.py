@@ -18,20 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from offline.semantic_ids.trie import prefix_node_ids
+
 NEG_INF = float("-inf")
-
-
-def prefix_node_ids(codes_body: np.ndarray) -> list[np.ndarray]:
-    """For each depth 1..L-1, the trie node id of every item's prefix ([n_items] each, row j = item j+1).
-
-    Node ids follow offline.semantic_ids.trie's numbering (unique prefixes in lexicographic order), so they index the same
-    nodes as the trie's child tables."""
-    codes_body = np.asarray(codes_body, dtype=np.int64)
-    out = []
-    for depth in range(1, codes_body.shape[1]):
-        _, inverse = np.unique(codes_body[:, :depth], axis=0, return_inverse=True)
-        out.append(inverse.reshape(-1).astype(np.int64))
-    return out
 
 
 class ItemAwareHead(nn.Module):
@@ -69,15 +58,18 @@ class ItemAwareHead(nn.Module):
         logits = h @ self.prefix[depth - 1].weight.T + self.prefix_bias[depth - 1]
         return torch.log_softmax(logits.float(), -1)
 
+    def item_logits(self, h: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
+        """h [N,d], item_table [n_items+1, d] (row 0 = padding) -> logits of the real items [N, n_items]."""
+        return (h @ item_table[1:].T + self.item_bias[1:]).float()
+
     def item_log_probs(self, h: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
-        """h [N,d], item_table [n_items+1, d] (row 0 = padding) -> log-probabilities [N, n_items+1], padding -inf."""
-        lp = torch.log_softmax((h @ item_table[1:].T + self.item_bias[1:]).float(), -1)
+        """Log-probabilities over [0..n_items] [N, n_items+1], the padding column at -inf."""
+        lp = torch.log_softmax(self.item_logits(h, item_table), -1)
         return torch.cat([torch.full_like(lp[:, :1], NEG_INF), lp], dim=1)
 
     def loss(self, h: torch.Tensor, targets: torch.Tensor, item_table: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Cross-entropy of the target among all items plus, weighted, of its prefix at each coarse depth."""
-        logits = (h @ item_table[1:].T + self.item_bias[1:]).float()  # no padding column: targets are >= 1
-        item = F.cross_entropy(logits, targets - 1)
+        item = F.cross_entropy(self.item_logits(h, item_table), targets - 1)  # targets are >= 1
         parts = {"ce": float(item.detach())}
         total = item
         if self.prefix_depths and self.prefix_weight > 0:
@@ -93,7 +85,8 @@ class ItemAwareHead(nn.Module):
         """What the beam ranks items by, for every item [N, n_items+1]: the leaf's log-probability plus the
         weighted prefix log-probabilities of the item's coarse prefixes (the exhaustive reference)."""
         scores = self.item_log_probs(h, item_table)
-        for depth in range(1, self.prefix_depths + 1):
+        prior_depths = self.prefix_depths if self.prior_weight else 0
+        for depth in range(1, prior_depths + 1):
             prior = self.prior_weight * self.prefix_log_probs(h, depth)
             scores = scores + prior.gather(1, self.node_of_item(depth).expand(h.shape[0], -1))
         return scores
@@ -130,7 +123,8 @@ def item_aware_beam_search(
     item_lp = head.item_log_probs(h, model.item_table())
     shift = item_lp.max(dim=1, keepdim=True).values
     probs = torch.exp(item_lp - shift)
-    prior = [head.prior_weight * head.prefix_log_probs(h, d) for d in range(1, head.prefix_depths + 1)]
+    prior_depths = head.prefix_depths if head.prior_weight else 0  # no prior: the prefix heads are not run at all
+    prior = [head.prior_weight * head.prefix_log_probs(h, d) for d in range(1, prior_depths + 1)]
     width = 1
     node = torch.zeros(B, 1, dtype=torch.long, device=device)
     ancestors = torch.zeros(B, 1, device=device)  # summed prior of each beam's coarse prefixes so far
@@ -146,7 +140,7 @@ def item_aware_beam_search(
         else:
             own = item_lp.gather(1, trie.leaf_item[safe])
         anc = ancestors.repeat_interleave(V, dim=1)
-        if depth <= head.prefix_depths:
+        if depth <= prior_depths:
             anc = anc + prior[depth - 1].gather(1, safe)
         dead = torch.isinf(scores).repeat_interleave(V, dim=1)  # a dead beam (fewer prefixes than beams) stays dead
         cand = (own + anc).masked_fill((flat < 0) | dead, NEG_INF)

@@ -222,11 +222,10 @@ def train_sasrec(config: SasrecConfig, out_dir: Path | str, resume: bool = True)
             "resumed from %s at epoch %d (best valid recall@10 %.4f)", last_path, start_epoch, stopper.best
         )
 
-    timer = EpochTimer(config.epochs, start_epoch)
     loss_fn = nn.CrossEntropyLoss()
     n_batches = math.ceil(len(tgt) / config.batch_size)
     deadline = None if config.time_budget_s is None else t_start + config.time_budget_s - elapsed_before
-    timer.deadline = deadline  # ETAs respect the budget
+    timer = EpochTimer(config.epochs, start_epoch, deadline)  # ETAs respect the budget
     out_of_time = False
     for epoch in range(start_epoch, config.epochs):
         if stopper.should_stop or out_of_time:

@@ -29,6 +29,13 @@ def _prefix_ids(codes: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
     return uniq, inverse.reshape(-1).astype(np.int64)
 
 
+def prefix_node_ids(codes: np.ndarray) -> list[np.ndarray]:
+    """For each depth 1..L-1, the node id of every row's prefix (row j = item j+1): the numbering the child
+    tables below use, so the ids index the same nodes."""
+    codes = np.asarray(codes, dtype=np.int64)
+    return [_prefix_ids(codes, depth)[1] for depth in range(1, codes.shape[1])]
+
+
 def _check_codes(codes: np.ndarray, codebook_sizes: list[int]) -> np.ndarray:
     codes = np.asarray(codes)
     if codes.ndim != 2 or codes.shape[0] == 0:

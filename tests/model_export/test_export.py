@@ -146,14 +146,16 @@ def test_stable_sort_translation_breaks_ties_like_torch(tmp_path):
 
 @pytest.mark.slow
 def test_item_head_fp16_graph_ranks_on_the_cpu_provider(tmp_path):
-    """The item-aware head's fp16 graph (scatter-add over item masses) loads and ranks on CPU (ORT's highest
-    optimisation level crashed the process on it; the ranker caps it there) and agrees with fp32 on most lists."""
+    """The item-aware head's fp16 graph (scatter-add over item masses) ranks on the CPU provider at the capped
+    optimisation level and agrees with fp32. ORT's highest level crashed the process on the full-size Beauty
+    graph; this tiny graph does not reproduce the crash, so the cap itself is asserted."""
     torch.set_num_threads(1)
     src, data = train_tiny("sasrec-sid", steps=5)
     export_bundle(src, tmp_path / "b", ExportConfig(model_id="tiny-sid", int8=False))
     feeds = _feeds(data)
-    fp32 = BundleRanker(tmp_path / "b", RankerConfig(variant="fp32")).rank(*feeds.values())
-    fp16 = BundleRanker(tmp_path / "b", RankerConfig(variant="fp16")).rank(*feeds.values())
-    items32, items16 = np.asarray(fp32[0]), np.asarray(fp16[0])
+    r32 = BundleRanker(tmp_path / "b", RankerConfig(variant="fp32"))
+    r16 = BundleRanker(tmp_path / "b", RankerConfig(variant="fp16"))
+    assert (r32.graph_optimization, r16.graph_optimization) == ("all", "extended")
+    items32, items16 = np.asarray(r32.rank(*feeds.values())[0]), np.asarray(r16.rank(*feeds.values())[0])
     assert items16.shape == items32.shape
     assert (items16[:, 0] == items32[:, 0]).mean() > 0.8

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scoter.testing import THREE_IN_TWO
+from scoter.testing import THREE_IN_TWO, growthbook_experiments
 from service.experiments import (
     Experiment,
     Variant,
@@ -213,17 +213,13 @@ def test_three_experiments_two_namespaces_and_a_holdout_over_100k_users(tmp_path
 
 def test_assignment_matches_the_official_growthbook_sdk(tmp_path: Path):
     """The growthbook SDK's own run_experiment, given the same experiments, is the oracle for every user."""
-    gb = pytest.importorskip("growthbook")
+    pytest.importorskip("growthbook")
     from growthbook.common_types import EvaluationContext, GlobalContext, Options, StackContext, UserContext
     from growthbook.core import run_experiment
 
     loaded = _three_in_two(tmp_path)
     cfg = loaded.config
-    sdk_exps = [gb.Experiment(key=e.key, variations=[v.name for v in e.variants], seed=e.hash_seed,
-                              weights=[v.weight for v in e.variants], coverage=e.coverage, hashVersion=2,
-                              namespace=(e.namespace.id, *e.namespace.range)) for e in cfg.experiments]
-    sdk_holdout = gb.Experiment(key=cfg.holdout.key, variations=["holdout", "rest"], seed=cfg.holdout.seed,
-                                weights=[cfg.holdout.share, 1 - cfg.holdout.share], hashVersion=2)
+    sdk_exps, sdk_holdout = growthbook_experiments(cfg)
     g = GlobalContext(options=Options())
     for i in range(20_000):
         uid = f"sdk-{i}"
