@@ -120,23 +120,28 @@ def main(argv: list[str] | None = None) -> int:
     test_hits: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # per-user (hit@10, ndcg@10) for paired differences
 
     def run(name: str, recommend, facts: dict[str, Any]) -> None:
-        entry: dict[str, Any] = {**facts}
-        for split, (hist, tgt) in splits.items():
+        """valid and test under the served rule (history items excluded), test also under the paper's protocol
+        (history items may be ranked), so numbers compare with published ones."""
+        entry: dict[str, Any] = {**facts, "protocol": "history items excluded (the served rule); "
+                                 "test_paper_protocol: history items may be ranked (SCoTER/TIGER papers)"}
+        for split, (hist, tgt) in [*splits.items(), ("test_paper_protocol", splits["test"])]:
             t0 = time.perf_counter()
-            topk, _ = recommend(hist, 20)
+            topk, _ = recommend(hist, 20, split != "test_paper_protocol")
             entry[split] = breakdown(topk, tgt, target_freq, pop_group)
-            if split == "test":
-                test_hits[name] = per_user(topk, tgt)
+            if split in ("test", "test_paper_protocol"):
+                test_hits[name if split == "test" else f"{name} [paper protocol]"] = per_user(topk, tgt)
             entry[f"{split}_rank_s"] = round(time.perf_counter() - t0, 1)
-        log.info("%s: test R@10 %.4f N@10 %.4f", name, entry["test"]["recall@10"]["mean"],
-                 entry["test"]["ndcg@10"]["mean"])
+        log.info("%s: test R@10 %.4f N@10 %.4f (paper protocol %.4f / %.4f)", name,
+                 entry["test"]["recall@10"]["mean"], entry["test"]["ndcg@10"]["mean"],
+                 entry["test_paper_protocol"]["recall@10"]["mean"], entry["test_paper_protocol"]["ndcg@10"]["mean"])
         models[name] = entry
 
     for path in args.sasrec:
         from offline.baselines.sasrec import load_sasrec
 
         model, ck = load_sasrec(path)
-        run(f"sasrec:{path}", model.recommend, {"model": "sasrec", "checkpoint": str(path),
+        run(f"sasrec:{path}", lambda h, k, ex, m=model: m.recommend(h, k, exclude_history=ex),
+            {"model": "sasrec", "checkpoint": str(path),
                                                 "config": ck["config"], **training_facts(path)})
     if args.generative:
         from offline.fusion.checkpoint import load_ranking_model
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 if w is not None:
                     model.head.prior_weight = w
                 name = f"{type(model).__name__}:{path}" + ("" if w is None else f":prior_weight={w}")
-                run(name, lambda h, k, m=model: m.recommend(h, k, beam=args.beam),
+                run(name, lambda h, k, ex, m=model: m.recommend(h, k, beam=args.beam, exclude_history=ex),
                     {"model": "generative", "checkpoint": str(path), "config": state_cfg, "beam": args.beam,
                      "prior_weight_at_ranking": w, **training_facts(path)})
     doc: dict[str, Any] = {**provenance(), "dataset": ds.name}
@@ -163,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         if m["model"] != "generative":
             continue
         for base in baselines:
-            (h, n), (hb, nb) = test_hits[name], test_hits[base]
-            paired[f"{name} - {base}"] = {"recall@10": mean_se(h - hb), "ndcg@10": mean_se(n - nb)}
+            for suffix in ("", " [paper protocol]"):
+                (h, n), (hb, nb) = test_hits[name + suffix], test_hits[base + suffix]
+                paired[f"{name} - {base}{suffix}"] = {"recall@10": mean_se(h - hb), "ndcg@10": mean_se(n - nb)}
     if paired:
         doc["paired_test_differences"] = paired
     if args.served == "best-valid":  # model selection on validation only

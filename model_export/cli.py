@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from scoter.io import write_text_atomic
+from scoter.io import describe_output, format_size, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,12 @@ def _export(args: argparse.Namespace) -> int:
         model_id=args.model_id or f"scoter-{src.backbone}-{src.provenance['dataset']}",
         model_version=args.model_version, reasoning_version=reasoning_version, opset=args.opset,
         fp16=not args.no_fp16, int8=not args.no_int8, overwrite=args.overwrite,
+        exclude_history=not args.include_history,
     )
     manifest = export_bundle(src, args.out, config)
     sizes = {name: (args.out / name).stat().st_size for name in manifest.files}
-    log.info("wrote bundle %s: %d files, %.1f MiB (%s)", args.out, len(sizes), sum(sizes.values()) / 2**20,
-             ", ".join(f"{n} {b / 2**20:.1f} MiB" for n, b in sorted(sizes.items(), key=lambda kv: -kv[1])[:4]))
+    log.info("wrote bundle %s (%s)", describe_output(args.out),
+             ", ".join(f"{n} {format_size(b)}" for n, b in sorted(sizes.items(), key=lambda kv: -kv[1])[:4]))
     print(json.dumps({"bundle": str(args.out), "model_id": manifest.model_id, "graphs": manifest.graphs,
                       "reasoning_version": manifest.reasoning_version, "items": manifest.n_items,
                       "bytes": sum(sizes.values())}))
@@ -89,6 +90,7 @@ def _verify(args: argparse.Namespace) -> int:
     dataset = args.dataset or prov.get("dataset")
     src = load_ranking_source(Path(checkpoint), args.codes or prov.get("codes"), dataset, manifest.default_beam,
                               manifest.reasoning_steps)
+    src.module.exclude_history = bool(prov.get("exclude_history", False))  # the rule the graph was traced with
     if prov.get("checkpoint_sha256") and src.provenance["checkpoint_sha256"] != prov["checkpoint_sha256"]:
         log.warning("checkpoint %s differs from the one this bundle was exported from", checkpoint)
     feeds, targets, note = dataset_feeds(dataset, manifest.max_history, manifest.reasoning_steps,
@@ -121,6 +123,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--no-fp16", action="store_true", help="skip the fp16 graph")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 CPU graph")
+    p.add_argument("--include-history", action="store_true",
+                   help="let the graph return items of the request's history (repeat purchases); by default it "
+                   "never does")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=_export)

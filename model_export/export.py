@@ -30,6 +30,7 @@ from scoter.bundle import (
     sha256_file,
     write_items,
 )
+from scoter.io import describe_output, disk_usage, format_size
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class ExportConfig(BaseModel):
     optimize: bool = True
     example_batch: int = Field(2, ge=2, description="trace batch; >1 so the batch dimension stays symbolic")
     overwrite: bool = False
+    exclude_history: bool = Field(True, description="the graph never returns an item of the request's history; "
+                                  "False for catalogues where repeat purchases are recommended")
 
 
 @dataclass
@@ -121,7 +124,7 @@ def export_onnx(src: RankingSource, path: Path, config: ExportConfig) -> dict[st
     program.save(str(path), external_data=False)
     onnx.checker.check_model(str(path), full_check=True)
     seconds = time.perf_counter() - start
-    log.info("exported %s in %.1f s", path.name, seconds)
+    log.info("exported %s (%s) in %.1f s", path.name, format_size(disk_usage(path)[0]), seconds)
     return {"exporter": "torch.onnx.export(dynamo=True)", "opset": config.opset, "export_seconds": round(seconds, 2)}
 
 
@@ -255,9 +258,12 @@ def export_bundle(src: RankingSource, out_dir: str | Path, config: ExportConfig 
     """Write a complete bundle atomically to `out_dir` and return its manifest."""
     config = config or ExportConfig()
     check_source(src)
+    if hasattr(src.module, "exclude_history"):  # a RankingModule: the rule is traced into the graph
+        src.module.exclude_history = config.exclude_history
     with atomic_bundle_dir(Path(out_dir), overwrite=config.overwrite) as tmp:
         raw = tmp / ".model.raw.onnx"  # dot-files are not part of the bundle
         facts = export_onnx(src, raw, config)
+        facts["exclude_history"] = bool(getattr(src.module, "exclude_history", False))
         if config.optimize:
             optimize_onnx(raw, tmp / "model.onnx")
             facts["ort_offline_optimization"] = "ORT_ENABLE_BASIC"
@@ -279,7 +285,8 @@ def export_bundle(src: RankingSource, out_dir: str | Path, config: ExportConfig 
         for leftover in tmp.glob(".*"):
             leftover.unlink()
         manifest = finalize_manifest(tmp, manifest_fields(src, config, graphs, facts))
-    log.info("bundle %s v%s written to %s", manifest.model_id, manifest.model_version, out_dir)
+    log.info("bundle %s v%s: wrote %s (%s)", manifest.model_id, manifest.model_version, describe_output(out_dir),
+             ", ".join(f"{name} {format_size(disk_usage(Path(out_dir) / name)[0])}" for name in graphs.values()))
     return manifest
 
 

@@ -88,7 +88,8 @@ def compare_rankings(ref_ids: np.ndarray, ref_scores: np.ndarray, ids: np.ndarra
     # and their score gap says nothing about numerical agreement.
     same_item = (ids[:, :, None] == ref_ids[:, None, :]) & np.isfinite(scores)[:, :, None] \
         & np.isfinite(ref_scores)[:, None, :]
-    pair_gap = np.abs(scores[:, :, None].astype(np.float64) - ref_scores[:, None, :])
+    with np.errstate(invalid="ignore"):  # -inf - -inf (padding pairs) is NaN; same_item masks those pairs out
+        pair_gap = np.abs(scores[:, :, None].astype(np.float64) - ref_scores[:, None, :])
     diff = np.where(same_item, pair_gap, 0.0).max(axis=2)
     finite = same_item.any(axis=2)  # positions whose item the reference list also holds
     return {

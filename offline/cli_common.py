@@ -149,14 +149,6 @@ def add_backbone_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
 
 
-def describe_output(path: Path) -> str:
-    """'PATH (N files, X MiB)' for a stage's closing log line, so every artifact's size is in the log."""
-    path = Path(path)
-    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else ([path] if path.exists() else [])
-    size = sum(p.stat().st_size for p in files)
-    return f"{path} ({len(files)} file{'s' if len(files) != 1 else ''}, {size / 2**20:.1f} MiB)"
-
-
 def get_or_add_subparsers(
     subparsers: argparse._SubParsersAction, name: str, help_: str
 ) -> argparse._SubParsersAction:

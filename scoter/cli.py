@@ -35,7 +35,7 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if (not action.option_strings or "%(default)" in text or "default" in text.lower()
-                or action.default in (None, False, argparse.SUPPRESS)):
+                or action.default is None or action.default is False or action.default == argparse.SUPPRESS):
             return text
         return f"{text} (default: %(default)s)".strip()
 
@@ -44,7 +44,7 @@ def show_defaults(parser: argparse.ArgumentParser) -> None:
     """Give `parser` and every sub-parser below it the defaults-naming formatter."""
     parser.formatter_class = DefaultsHelpFormatter
     for action in parser._actions:
-        if action.help is None and action.option_strings and action.default not in (None, False):
+        if action.help is None and action.option_strings and action.default is not None and action.default is not False:
             action.help = "(default: %(default)s)"
         if isinstance(action, argparse._SubParsersAction):
             for sub in set(action.choices.values()):

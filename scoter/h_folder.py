@@ -8,11 +8,12 @@ publishing read. Torch-free (numpy only); docs/CONTRACTS.md describes the files.
     meta.json                     provenance (K, D, source, template, ...)
 
 This module is the only reader and the only writer of those files, so their layout lives in one place. Every
-file is written atomically (temp file, then rename).
+file is written atomically (temp file, then rename), and each writer logs what it wrote with its size on disk.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from scoter.io import read_json, save_npy, write_json
+from scoter.io import describe_output, disk_usage, format_size, read_json, save_npy, write_json
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 USER_IDS = "user_ids.json"
 META = "meta.json"
@@ -46,18 +48,27 @@ def write_split(folder: Path | str, split: str, H: np.ndarray, present: np.ndarr
         raise ValueError(f"present_{split}: expected [{len(H)}] flags, got shape {present.shape}")
     save_npy(h_path(folder, split), H)
     save_npy(present_path(folder, split), present)
+    flags = present_path(folder, split)
+    log.info("wrote %s %s %s, %d/%d present (%s %s)", describe_output(h_path(folder, split)), list(H.shape),
+             H.dtype, int(present.sum()), len(present), flags.name, format_size(disk_usage(flags)[0]))
 
 
 def write_user_ids(folder: Path | str, user_ids: Sequence[str]) -> None:
     write_json(Path(folder) / USER_IDS, [str(u) for u in user_ids])
+    log.info("wrote %s: %d user ids", describe_output(Path(folder) / USER_IDS), len(user_ids))
 
 
 def write_train_examples(folder: Path | str, H: np.ndarray) -> None:
     save_npy(Path(folder) / TRAIN_EXAMPLES, H)
+    log.info("wrote %s %s %s", describe_output(Path(folder) / TRAIN_EXAMPLES), list(H.shape), H.dtype)
 
 
 def write_meta(folder: Path | str, meta: dict[str, Any]) -> None:
+    """meta.json, then one line with the whole folder's size (meta.json is the folder's last file written)."""
     write_json(Path(folder) / META, meta)
+    shape = f", K={meta['K']}, D={meta['D']}" if "K" in meta and "D" in meta else ""
+    log.info("wrote %s (%s); H folder %s%s", META, format_size(disk_usage(Path(folder) / META)[0]),
+             describe_output(folder), shape)
 
 
 # -- reader ---------------------------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 A crash or an error leaves the old file (or none), never a half-written one. Temp names start with "." (bundle
 hashing skips dot files) and keep the target's suffix (so `np.save`/`np.savez` do not append another one).
+
+Also the one formatter of an artifact's size on disk (`describe_output`, `format_size`), which every stage's
+"wrote ..." log line uses.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import numpy as np
 
 __all__ = [
     "atomic_write",
+    "describe_output",
+    "disk_usage",
+    "format_size",
     "read_json",
     "save_npy",
     "write_atomic",
@@ -102,3 +108,31 @@ def json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def disk_usage(path: str | Path) -> tuple[int, int]:
+    """(bytes, files) on disk: a file's size, or the total over every file under a folder (0, 0 if missing)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size, 1
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def format_size(n_bytes: int) -> str:
+    """A byte count for a log line: '512 B', '3.4 KiB', '5.9 MiB', '1.25 GiB' (binary units)."""
+    if n_bytes < 1024:
+        return f"{n_bytes} B"
+    for unit, scale in (("KiB", 2**10), ("MiB", 2**20)):
+        if n_bytes < 1024 * scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def describe_output(path: str | Path) -> str:
+    """'PATH (5.9 MiB)' for a file, 'PATH (12 files, 5.9 MiB)' for a folder: the size part of a "wrote" line."""
+    path = Path(path)
+    size, files = disk_usage(path)
+    if path.is_dir():
+        return f"{path} ({files} file{'s' if files != 1 else ''}, {format_size(size)})"
+    return f"{path} ({format_size(size)})"

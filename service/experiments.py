@@ -115,7 +115,17 @@ class Experiment(BaseModel):
     namespace: Namespace | None = None
     bucket_version: int = Field(0, ge=0, description="bump to re-bucket every user (new hash seed); keep it to "
                                 "keep users in their variants")
+    min_bucket_version: int = Field(0, ge=0, description="users who were in the experiment under any bucket version "
+                                    "below this one are excluded (served control, no exposure), as GrowthBook's "
+                                    "minBucketVersion; 0 excludes nobody")
     variants: list[Variant] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _versions(self) -> Experiment:
+        if self.min_bucket_version > self.bucket_version:
+            raise ValueError(f"min_bucket_version: {self.min_bucket_version} is above bucket_version "
+                             f"{self.bucket_version}; it can only exclude users of earlier versions")
+        return self
 
     @field_validator("variants")
     @classmethod
@@ -132,11 +142,20 @@ class Experiment(BaseModel):
                              "variant names a bundle or none does (label-only)")
         return variants
 
+    def seed_at(self, version: int) -> str:
+        """The seed hashed with the user id under bucket version ``version``: GrowthBook's (seed, else key),
+        suffixed by the version from 1 on."""
+        seed = self.seed if self.seed is not None else self.key
+        return seed if version == 0 else f"{seed}__{version}"
+
     @property
     def hash_seed(self) -> str:
-        """The seed hashed with the user id: GrowthBook's (seed, else key), versioned by `bucket_version`."""
-        seed = self.seed if self.seed is not None else self.key
-        return seed if self.bucket_version == 0 else f"{seed}__{self.bucket_version}"
+        return self.seed_at(self.bucket_version)
+
+    @property
+    def blocked_seeds(self) -> tuple[str, ...]:
+        """Seeds of the versions whose users `min_bucket_version` excludes."""
+        return tuple(self.seed_at(v) for v in range(self.min_bucket_version))
 
     @property
     def routes_bundles(self) -> bool:
@@ -244,17 +263,28 @@ def assign(exp: Experiment, user_id: str) -> Assignment:
     control = exp.variants[0].name
     if exp.status != "running" or len(exp.variants) < 2 or not user_id:
         return Assignment(exp.key, control, False)
-    n = gb_hash(exp.hash_seed, user_id, 2)
-    idx = choose_variation(n, bucket_ranges(len(exp.variants), exp.coverage, [v.weight for v in exp.variants]))
+    ranges = bucket_ranges(len(exp.variants), exp.coverage, [v.weight for v in exp.variants])
+    idx = _variation(exp.hash_seed, exp.blocked_seeds, ranges, user_id)
     if idx < 0:
         return Assignment(exp.key, control, False)
     return Assignment(exp.key, exp.variants[idx].name, True, memberships=(Membership(exp.key, exp.variants[idx].name),))
+
+
+def _variation(seed: str, blocked: tuple[str, ...], ranges: list[tuple[float, float]], user_id: str) -> int:
+    """The user's variation index, -1 outside coverage or when an excluded earlier version had them in.
+
+    Stateless stand-in for GrowthBook's sticky-bucket check: a user "was in" version v when v's seed put them in a
+    variation under the current coverage and weights (so keep those fixed while raising min_bucket_version)."""
+    if any(choose_variation(gb_hash(old, user_id, 2), ranges) >= 0 for old in blocked):  # type: ignore[arg-type]
+        return -1
+    return choose_variation(gb_hash(seed, user_id, 2), ranges)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
 class _Compiled:
     key: str
     seed: str
+    blocked: tuple[str, ...]
     namespace: tuple[str, float, float] | None
     ranges: list[tuple[float, float]]
     names: list[str]
@@ -271,7 +301,7 @@ class Assigner:
         self.default_experiment = config.active.key
         self.holdout = config.holdout
         self._holdout_seed = config.holdout.hash_seed if config.holdout else ""
-        self._exps = [_Compiled(e.key, e.hash_seed,
+        self._exps = [_Compiled(e.key, e.hash_seed, e.blocked_seeds,
                                 (e.namespace.id, *e.namespace.range) if e.namespace else None,
                                 bucket_ranges(len(e.variants), e.coverage, [v.weight for v in e.variants]),
                                 [v.name for v in e.variants], e.routes_bundles)
@@ -288,7 +318,7 @@ class Assigner:
         for e in self._exps:
             if e.namespace is not None and not in_namespace(user_id, e.namespace):
                 continue
-            idx = choose_variation(gb_hash(e.seed, user_id, 2), e.ranges)  # type: ignore[arg-type]
+            idx = _variation(e.seed, e.blocked, e.ranges, user_id)
             if idx < 0:
                 continue
             m = Membership(e.key, e.names[idx])

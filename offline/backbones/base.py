@@ -139,16 +139,18 @@ class GenerativeBackbone(nn.Module):
         return total, parts
 
     def recommend(
-        self, histories: np.ndarray, k: int, beam: int = 20, batch_size: int = 256
+        self, histories: np.ndarray, k: int, beam: int = 20, batch_size: int = 256, exclude_history: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The evaluation harness's `recommend` contract: top-k items by constrained beam search."""
+        """The evaluation harness's `recommend` contract: top-k items by constrained beam search (history items
+        excluded unless ``exclude_history`` is False)."""
         from offline.backbones.beam_search import TrieTensors, recommend
 
         trie = self.__dict__.get("_trie_cache")
         if trie is None or trie.leaf_item.device != self.codes.device:
             trie = TrieTensors.for_model(self).to(self.codes.device)
             self.__dict__["_trie_cache"] = trie  # plain attribute: not a submodule, not in state_dict
-        return recommend(self, histories, k, trie, beam=max(beam, k), batch_size=batch_size)
+        return recommend(self, histories, k, trie, beam=max(beam, k), batch_size=batch_size,
+                         exclude_history=exclude_history)
 
     def aux_loss(
         self, targets: torch.Tensor, reasoning: torch.Tensor | None, present: torch.Tensor | None

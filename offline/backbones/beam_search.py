@@ -66,11 +66,15 @@ def constrained_beam_search(
     reasoning: torch.Tensor | None = None,
     present: torch.Tensor | None = None,
     constrain: bool = True,
+    exclude_history: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top ``topk`` (<= beam) items per user by summed log-probability of their code tuple.
 
     history [B,T] -> (items [B,topk] int64, scores [B,topk] float32), best first, ties broken by lower item
     index. The encoder runs once per user; the decoder steps with cached keys/values over B*beam rows.
+    ``exclude_history`` (default) never returns an item of the given history: on catalogues without repeat
+    purchases the models' top item is otherwise mostly the newest history item (BENCHMARKS.md). The item-aware
+    head masks them before the beam (no beam is spent on them); the code decoder drops them from its results.
     ``constrain=False`` drops the trie mask (only to measure its cost; items are then 0)."""
     topk = beam if topk is None else topk
     if not 0 < topk <= beam:
@@ -78,7 +82,8 @@ def constrained_beam_search(
     if trie.levels != model.code_length:
         raise ValueError(f"trie: {trie.levels} levels for code length {model.code_length}")
     if model.head is not None:
-        items, scores = item_aware_beam_search(model, history, trie, beam, topk, reasoning, present)
+        items, scores = item_aware_beam_search(model, history, trie, beam, topk, reasoning, present,
+                                               exclude=history if exclude_history else None)
         items, scores = _order_by_score_then_item(items, scores)
         return items[:, :topk], scores[:, :topk]
     mem, mask = model.memory(history, reasoning, present)
@@ -115,10 +120,17 @@ def constrained_beam_search(
             state = dec.widen(state, beam)
             width = beam
         token = code.reshape(-1) + dec.offsets[pos]
-    dead = torch.isinf(scores)
-    items = trie.leaf_item[node].masked_fill(dead, 0) if constrain else torch.zeros_like(scores, dtype=torch.long)
+    items = trie.leaf_item[node] if constrain else torch.zeros_like(scores, dtype=torch.long)
+    if exclude_history and constrain:
+        scores = scores.masked_fill(in_history(items, history), NEG_INF)
+    items = items.masked_fill(torch.isinf(scores), 0)
     items, scores = _order_by_score_then_item(items, scores)
     return items[:, :topk], scores[:, :topk]
+
+
+def in_history(items: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """items [B,W], history [B,T] (0 = padding) -> [B,W] True where a real item occurs in its row's history."""
+    return ((items[:, :, None] == history[:, None, :]) & (history[:, None, :] > 0)).any(dim=2)
 
 
 def _order_by_score_then_item(items: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,11 +149,13 @@ class RankingModule(nn.Module):
     """The whole ranking path as one module for ONNX export (Contract 1): forward(history, history_mask,
     reasoning, reasoning_present) -> (item_ids [B,beam] int64, scores [B,beam] float32)."""
 
-    def __init__(self, model: GenerativeBackbone, trie: TrieTensors | None = None, beam: int = 20) -> None:
+    def __init__(self, model: GenerativeBackbone, trie: TrieTensors | None = None, beam: int = 20,
+                 exclude_history: bool = True) -> None:
         super().__init__()
         self.model = model
         self.trie = trie if trie is not None else TrieTensors.for_model(model)
         self.beam = beam
+        self.exclude_history = exclude_history
 
     def forward(
         self,
@@ -159,6 +173,7 @@ class RankingModule(nn.Module):
             beam=self.beam,
             reasoning=reasoning if use_reasoning else None,
             present=reasoning_present.to(torch.bool) if use_reasoning else None,
+            exclude_history=self.exclude_history,
         )
 
 
@@ -173,6 +188,7 @@ def recommend(
     reasoning: np.ndarray | torch.Tensor | None = None,
     present: np.ndarray | torch.Tensor | None = None,
     progress: bool = False,
+    exclude_history: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Batched inference over many users: (items [N,k], scores [N,k]) as numpy (the `recommend` contract)."""
     from tqdm.auto import tqdm
@@ -187,7 +203,8 @@ def recommend(
         sl = slice(start, start + batch_size)
         r = None if reasoning is None else torch.as_tensor(np.asarray(reasoning[sl]), dtype=torch.float32).to(device)
         p = None if present is None else torch.as_tensor(np.asarray(present[sl]), dtype=torch.bool).to(device)
-        items, scores = constrained_beam_search(model, hist[sl].to(device), trie, beam, k, r, p)
+        items, scores = constrained_beam_search(model, hist[sl].to(device), trie, beam, k, r, p,
+                                                exclude_history=exclude_history)
         out_items.append(items.cpu().numpy())
         out_scores.append(scores.float().cpu().numpy())
     model.train(was_training)

@@ -11,10 +11,10 @@ from offline.cli_common import (
     add_backbone_data_args,
     add_train_flags,
     default_codes,
-    describe_output,
     get_or_add_subparsers,
     train_overrides,
 )
+from scoter.io import describe_output
 from scoter.paths import artifacts_root
 
 

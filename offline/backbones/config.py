@@ -22,10 +22,38 @@ class DecoderConfig(BaseModel):
     activation: Literal["relu", "gelu"] = "relu"
 
 
-class TigerConfig(BaseModel):
-    """TIGER: T5-style encoder-decoder over semantic-ID tokens (4+4 layers, d 128, 6 heads x 64, d_ff 1024)."""
+class ItemHeadKnobs(BaseModel):
+    """The item-aware head's knobs (offline/backbones/item_head.py), shared by every backbone that can carry it."""
 
     model_config = ConfigDict(extra="forbid")
+
+    prefix_depths: int = Field(1, ge=0, description="'item' head: leading code depths with a head of their own")
+    prefix_weight: float = Field(1.0, ge=0.0, description="'item' head: weight of the prefix cross-entropies")
+    prior_weight: float = Field(
+        0.0, ge=0.0,
+        description="'item' head: weight of the prefix log-probabilities in the beam's scores; 0 ranks by the "
+        "item-tied leaf alone (measured best on Beauty validation, BENCHMARKS.md)",
+    )
+
+
+class ItemHeadFields(ItemHeadKnobs):
+    """The output-side choice of a backbone that has both: the paper's code decoder or the item-aware head."""
+
+    head: Literal["sid", "item"] = Field(
+        "sid",
+        description="output side: 'sid' = the paper's code decoder (product of per-level code probabilities); "
+        "'item' = per-node prefix heads that prune the beam and an item-tied leaf that ranks "
+        "(offline/backbones/item_head.py), trained at every position of a user's sequence",
+    )
+
+
+class TigerConfig(ItemHeadFields):
+    """TIGER: T5-style encoder-decoder over semantic-ID tokens (4+4 layers, d 128, 6 heads x 64, d_ff 1024).
+
+    With ``head='item'`` the code decoder is replaced by the item-aware head (as HSTU's): each history item's
+    code tokens also carry an item-ID embedding (the tied leaf), and the encoder is block-causal (a token sees the
+    tokens of its own and earlier items), so one pass gives a user state after every item and training is
+    all-position."""
 
     max_len: int = Field(20, gt=0, description="history items kept (each becomes L tokens)")
     d_model: int = Field(128, gt=0)
@@ -46,7 +74,7 @@ class TigerConfig(BaseModel):
         return cls(**{**base, **overrides})
 
 
-class HstuConfig(BaseModel):
+class HstuConfig(ItemHeadFields):
     """HSTU encoder (d 50, 2 blocks, 1 head, dropout 0.2, max length 20) + 3-layer SID decoder (4 heads, 256).
 
     The input of each history position is item-ID embedding + the sum of its semantic-ID embeddings (paper);
@@ -76,19 +104,6 @@ class HstuConfig(BaseModel):
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     item_id_embedding: bool = Field(
         True, description="add a per-item embedding to the summed semantic-ID embeddings (paper); False = SID-only"
-    )
-    head: Literal["sid", "item"] = Field(
-        "sid",
-        description="output side: 'sid' = the paper's code decoder (product of per-level code probabilities); "
-        "'item' = per-node prefix heads that prune the beam and an item-tied leaf that ranks "
-        "(offline/backbones/item_head.py), trained at every position of a user's sequence",
-    )
-    prefix_depths: int = Field(1, ge=0, description="'item' head: leading code depths with a head of their own")
-    prefix_weight: float = Field(1.0, ge=0.0, description="'item' head: weight of the prefix cross-entropies")
-    prior_weight: float = Field(
-        0.0, ge=0.0,
-        description="'item' head: weight of the prefix log-probabilities in the beam's scores; 0 ranks by the "
-        "item-tied leaf alone (measured best on Beauty validation, BENCHMARKS.md)",
     )
     decoder: DecoderConfig = Field(
         default_factory=lambda: DecoderConfig(d_model=256, layers=3, heads=4, d_kv=64, d_ff=1024, dropout=0.1)

@@ -109,8 +109,10 @@ def item_aware_beam_search(
     topk: int,
     reasoning: torch.Tensor | None = None,
     present: torch.Tensor | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Trie-constrained beam over the semantic-ID depths, then the leaf: (items [B,beam], scores [B,beam]).
+    ``exclude`` [B,T] (item ids, 0 = padding): items given zero leaf mass before the beam, so never returned.
 
     A candidate's score is the log of the leaf's probability mass under its prefix plus the weighted prefix-head
     log-probabilities of its coarse prefixes; at the last depth the mass is the item's own probability. Unsorted;
@@ -121,7 +123,9 @@ def item_aware_beam_search(
     B = h.shape[0]
     device = h.device
     item_lp = head.item_log_probs(h, model.item_table())
-    shift = item_lp.max(dim=1, keepdim=True).values
+    if exclude is not None:  # column 0 (padding) is -inf already
+        item_lp = item_lp.scatter(1, exclude, NEG_INF)
+    shift = item_lp.max(dim=1, keepdim=True).values.clamp(min=-1e30)  # finite even if every item is excluded
     probs = torch.exp(item_lp - shift)
     prior_depths = head.prefix_depths if head.prior_weight else 0  # no prior: the prefix heads are not run at all
     prior = [head.prior_weight * head.prefix_log_probs(h, d) for d in range(1, prior_depths + 1)]

@@ -13,18 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from offline.backbones.base import GenerativeBackbone
+from offline.backbones.config import ItemHeadKnobs
 from offline.backbones.item_head import ItemAwareHead
 from offline.baselines.sasrec import SasrecConfig, SasrecModel
 from offline.data.datasets import DataConfig
 
 
-class SasrecSidConfig(BaseModel):
+class SasrecSidConfig(ItemHeadKnobs):
     """The encoder's sizes are SASRec's (the baseline's defaults); the head is always the item-aware one."""
-
-    model_config = ConfigDict(extra="forbid")
 
     max_len: int = Field(20, gt=0)
     d_model: int = Field(64, gt=0, description="SASRec's hidden size")
@@ -32,11 +31,6 @@ class SasrecSidConfig(BaseModel):
     heads: int = Field(1, gt=0)
     ff_mult: int = Field(4, gt=0)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    prefix_depths: int = Field(1, ge=0, description="leading code depths with a head of their own")
-    prefix_weight: float = Field(1.0, ge=0.0, description="weight of the prefix cross-entropies in the loss")
-    prior_weight: float = Field(
-        0.0, ge=0.0, description="weight of the prefix log-probabilities in the beam's scores (0: the leaf ranks)"
-    )
 
     @classmethod
     def small(cls, **overrides: object) -> SasrecSidConfig:

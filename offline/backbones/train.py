@@ -36,6 +36,7 @@ from offline.training_utils import (
     seed_everything,
     set_rng_state,
 )
+from scoter.io import describe_output
 from scoter.paths import artifacts_root
 
 log = logging.getLogger(__name__)
@@ -337,8 +338,9 @@ class Trainer:
                   "eval_s": time.monotonic() - t0, "valid_subset": metrics, "best": self.stopper.best}
         self._log(record)
         label = f"{self.epoch + 1} (partial)" if partial else str(self.epoch)
-        log.info("%s: epoch %s val(%d users) %s %.4f%s", self.run_name, label, len(v_tgt), key,
-                 metrics[key], " (best)" if improved else "")
+        log.info("%s: epoch %s val(%d users) %s %.4f%s", self.run_name, label, len(v_tgt), key, metrics[key],
+                 (f" (best; wrote {describe_output(self.out / BEST)})" if self.dist.is_main else " (best)")
+                 if improved else "")
         self._save()
 
     # -- final evaluation -----------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from offline.cli_common import add_data_args, data_config, describe_output, get_or_add_subparsers
+from offline.cli_common import add_data_args, data_config, get_or_add_subparsers
+from scoter.io import describe_output
 from scoter.paths import artifacts_root
 
 _FLAGS: tuple[tuple[str, type], ...] = (

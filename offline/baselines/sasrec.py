@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from offline.training_utils import (
     seed_everything,
     set_rng_state,
 )
+from scoter.io import describe_output
 
 __all__ = [
     "SasrecConfig",
@@ -142,13 +144,17 @@ class SasrecModel(nn.Module):
         return logits
 
     @torch.no_grad()
-    def recommend(self, histories: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Full-catalogue top-k (exact, ties by lower index) for the evaluation harness."""
+    def recommend(self, histories: np.ndarray, k: int, exclude_history: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Full-catalogue top-k (exact, ties by lower index) for the evaluation harness; the history's own items
+        are excluded unless ``exclude_history`` is False (the same rule as the generative models' beam)."""
         was_training = self.training
         self.eval()
         device = self.item_emb.weight.device
         try:
-            logits = self(torch.as_tensor(np.asarray(histories), dtype=torch.int64, device=device))
+            hist = torch.as_tensor(np.asarray(histories), dtype=torch.int64, device=device)
+            logits = self(hist)
+            if exclude_history:
+                logits = logits.scatter(1, hist, float("-inf"))  # column 0 (padding) is -inf already
         finally:
             self.train(was_training)
         return topk_from_scores(logits, k)
@@ -255,7 +261,7 @@ def train_sasrec(config: SasrecConfig, out_dir: Path | str, resume: bool = True)
         train_loop_s = time.perf_counter() - timer.epoch_t0  # the batches alone, without the evaluation
         # every rank evaluates its (identical) weights; rank 0's numbers drive early stopping everywhere
         valid = distributed.broadcast_object(
-            evaluate(model.recommend, split, "valid", config.eval, subgroups=False)["overall"]
+            evaluate(partial(model.recommend, exclude_history=config.eval.exclude_history), split, "valid", config.eval, subgroups=False)["overall"]
         )
         improved = stopper.step(valid["recall@10"], epoch)
         epoch_loss = distributed.sum_float(float(total)) / len(tgt)
@@ -292,11 +298,12 @@ def train_sasrec(config: SasrecConfig, out_dir: Path | str, resume: bool = True)
     distributed.barrier()
     if not ctx.is_main:
         return {}  # rank 0 evaluates the best model and writes results.json
-    log.info("training done: best epoch %d, valid recall@10 %.4f", stopper.best_epoch + 1, stopper.best)
+    log.info("training done: best epoch %d, valid recall@10 %.4f; wrote %s", stopper.best_epoch + 1, stopper.best,
+             describe_output(best_path))
     model, _ = load_sasrec(best_path, device)
     metrics = {
-        "valid": evaluate(model.recommend, split, "valid", config.eval),
-        "test": evaluate(model.recommend, split, "test", config.eval),
+        "valid": evaluate(partial(model.recommend, exclude_history=config.eval.exclude_history), split, "valid", config.eval),
+        "test": evaluate(partial(model.recommend, exclude_history=config.eval.exclude_history), split, "test", config.eval),
         "best_epoch": stopper.best_epoch + 1,
     }
     return write_result(
@@ -351,8 +358,8 @@ def evaluate_checkpoint(path: Path | str, data: DataConfig | None = None) -> dic
         raise ValueError(f"{path}: field n_items: {ck['n_items']} != dataset's {dataset.n_items}")
     split = LeaveOneOut(dataset, data.max_len)
     return {
-        "valid": evaluate(model.recommend, split, "valid", config.eval),
-        "test": evaluate(model.recommend, split, "test", config.eval),
+        "valid": evaluate(partial(model.recommend, exclude_history=config.eval.exclude_history), split, "valid", config.eval),
+        "test": evaluate(partial(model.recommend, exclude_history=config.eval.exclude_history), split, "test", config.eval),
         "checkpoint_epoch": ck.get("epoch", -1) + 1,
         "dataset": dataset,
         "config": config,

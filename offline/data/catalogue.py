@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from offline.data.datasets import DATASET_META, DataConfig, Dataset
+from scoter.io import describe_output
 from scoter.paths import data_root, datasets_root
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,6 @@ def import_catalogue(cfg: ImportConfig) -> tuple[Path, Dataset]:
     loaded = load_benchmark(cfg.name, root)
     if loaded.external_ids() != ds.external_ids():  # the round trip is the contract: fail loudly if it breaks
         raise RuntimeError(f"{folder}: item ids did not survive the round trip")
-    size = sum(p.stat().st_size for p in folder.iterdir())
-    log.info("imported %s: %d users, %d items, %d interactions -> %s (%.1f MiB)", cfg.name, ds.n_users,
-             ds.n_items, ds.n_interactions, folder, size / 2**20)
+    log.info("imported %s: %d users, %d items, %d interactions; wrote %s", cfg.name, ds.n_users,
+             ds.n_items, ds.n_interactions, describe_output(folder))
     return folder, loaded

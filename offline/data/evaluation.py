@@ -39,7 +39,8 @@ class EvalConfig(BaseModel):
     ks: tuple[int, ...] = (5, 10, 20)
     batch_size: int = Field(1024, ge=1, description="users scored per chunk (bounds memory: chunk x n_items)")
     n_groups: int = Field(4, ge=1, description="user-length groups and item-popularity groups")
-    exclude_history: bool = Field(False, description="mask items already in the history (paper: False)")
+    exclude_history: bool = Field(True, description="never rank items already in the history (the served rule); "
+                                  "False = the SCoTER paper's protocol")
 
 
 class Recommender(Protocol):

@@ -12,10 +12,10 @@ from offline.cli_common import (
     add_backbone_data_args,
     add_train_flags,
     default_codes,
-    describe_output,
     get_or_add_subparsers,
     train_overrides,
 )
+from scoter.io import describe_output
 
 
 def run_config_from_args(args: argparse.Namespace, ablation: str = "full") -> Any:

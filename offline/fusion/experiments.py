@@ -82,7 +82,9 @@ def run_baseline(cfg: ScoterRunConfig, splits: Splits, codes: SemanticIds) -> di
                 f"{result}: baseline was run on {doc['dataset']['name']}, not {splits.dataset.name}"
             )
         return doc["metrics"]
-    trainer = Trainer(cfg.backbone, splits, codes, out, cfg.train, cfg.backbone_config, device=cfg.device)
+    # from the same weights as the fused model (--init-from): an equal-start, equal-budget comparison
+    trainer = Trainer(cfg.backbone, splits, codes, out, cfg.train, cfg.backbone_config, device=cfg.device,
+                      init_from=cfg.init_from)
     trainer.fit()
     distributed.barrier()  # under torchrun: best.pt is complete; rank 0 alone ranks the test set and writes
     if not distributed.is_main():

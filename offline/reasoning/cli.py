@@ -6,7 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from offline.cli_common import DATASET_HELP, describe_output
+from offline.cli_common import DATASET_HELP
+from scoter.io import describe_output
 from scoter.paths import artifacts_root, cache_root
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
     )
     out = Path(args.out or _default_out(args.dataset) / "gvm")
     report = run_gvm(cfg, _llm(args, out), corpus.load(args.dataset), out)
-    print(f"template ({report['template_source']}): {' -> '.join(report['template'])}; artifacts in {out}")
+    print(f"template ({report['template_source']}): {' -> '.join(report['template'])}; "
+          f"wrote {describe_output(out)}")
     return 0
 
 
@@ -92,7 +94,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         extra["lora_student"] = pipeline.run_lora_student(
             ds, teacher, lcfg, dcfg, out, sample_users=args.lora_users
         )
-    pipeline.write_meta(out, ds, steps, {"template_name": args.template})
+    origin = {"template_file": str((gvm_dir / "template.json").resolve())} if args.template == "discovered" else {}
+    pipeline.write_meta(out, ds, steps, {"template_name": args.template, **origin})
     write_json(out / "distill_report.json", extra)
     print(f"H arrays in {describe_output(out)}")
     return 0
@@ -103,7 +106,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         from offline.reasoning.encode import merge_shards
 
         merge_shards(Path(args.out), args.merge_shards, Path(args.out))
-        print(f"{args.merge_shards} shards merged into {args.out}")
+        print(f"{args.merge_shards} shards merged into {describe_output(Path(args.out))}")
         return 0
     import torch
 
@@ -133,7 +136,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         ds = corpus.load(args.dataset)
         folder = encode_shard(student_h_of_rows(student, ds, cfg), ds.user_ids, out,
                               Shard.parse(args.shard, args.shard_block))
-        print(f"H arrays of the shard in {folder}")
+        print(f"H arrays of the shard in {describe_output(folder)}")
         return 0
     ds = corpus.load(args.dataset)
     pipeline.precompute_h(student, ds, out, cfg)
@@ -226,14 +229,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = rs.add_parser("discover", help="Generate-Validate-Mine: find the reasoning template")
     p.add_argument("--dataset", required=True, help=DATASET_HELP)
-    p.add_argument("--users", type=int, default=48)
-    p.add_argument("--samples-per-user", type=int, default=1)
+    p.add_argument("--users", type=int, default=48,
+                   help="training users whose answers are generated, scored and clustered (3 or more for two "
+                        "clusters to compare)")
+    p.add_argument("--samples-per-user", type=int, default=1, help="answers sampled per user")
     p.add_argument("--variant", choices=["paper", "plain", "grounded", "hindsight"], default="grounded",
                    help="prompt: grounded (default; training co-occurrence candidates), hindsight, plain, or "
                    "paper (Figure 9 verbatim, no grammar)")
-    p.add_argument("--max-tokens", type=int, default=384)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="default: $SCOTER_ARTIFACTS/<dataset>/reasoning/gvm")
+    p.add_argument("--max-tokens", type=int, default=384, help="token cap per answer")
+    p.add_argument("--seed", type=int, default=0, help="user sample and sampling seed (default: 0)")
+    p.add_argument("--out", default=None, help="where template.json goes, which `reason distill --template "
+                   "discovered` reads (default: $SCOTER_ARTIFACTS/<dataset>/reasoning/gvm)")
     _add_llm_args(p)
     p.set_defaults(func=cmd_discover)
 

@@ -53,6 +53,14 @@ class LocalLLMConfig(BaseModel):
     engine: Literal["torch", "hf"] = Field(
         "torch", description="torch: this package's batched decoder (shared-prefix KV cache, grammars, token "
         "caps); hf: transformers' generate() (the reference it is measured against)")
+    runtime: Literal["auto", "llama", "transformers"] = Field(
+        "auto", description="engine 'torch' only. llama: this package's plain-torch Llama forward (prefix keys kept "
+        "once, preallocated caches; benchmarks/teacher_throughput.py); transformers: the model's own forward with a "
+        "DynamicCache (any causal LM, PEFT adapters included); auto: llama when the model is a plain Llama, else "
+        "transformers")
+    dtype: Literal["bfloat16", "float32"] = Field(
+        "bfloat16", description="runtime 'llama': weight dtype (bfloat16 uses the CPU's BF16/AMX matmuls; float32 "
+        "gives transformers' greedy tokens)")
     name: str = "smollm2-135m-instruct"
 
     def resolved(self) -> tuple[str, str | None]:

@@ -18,7 +18,7 @@ from offline.reasoning import corpus, grammars, prompts
 from offline.reasoning.config import GVMConfig, SamplingParams
 from offline.reasoning.llm import LLM
 from offline.reasoning.parsing import parse_best_path, parse_gvm_output
-from scoter.io import write_json
+from scoter.io import describe_output, write_json
 
 log = logging.getLogger(__name__)
 Embed = Callable[[Sequence[str]], np.ndarray]
@@ -394,8 +394,8 @@ def run_gvm(cfg: GVMConfig, llm: LLM, dataset: Any, out_dir: Path, *, embed: Emb
     write_json(out_dir / "clusters.json", clusters)
     write_json(out_dir / "template.json", template)
     write_json(out_dir / "report.json", report)
-    log.info("GVM: %d/%d usable, %d after pruning, k=%d, template (%s): %s", len(ok), len(outputs), len(kept),
-             mining.k, template["source"], " -> ".join(template["steps"]))
+    log.info("GVM: %d/%d usable, %d after pruning, k=%d, template (%s): %s; wrote %s", len(ok), len(outputs),
+             len(kept), mining.k, template["source"], " -> ".join(template["steps"]), describe_output(out_dir))
     return report
 
 

@@ -89,6 +89,31 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+def gen_requests(tok: Any, chats: Sequence[Chat], params: SamplingParams, max_input_tokens: int) -> list[Any]:
+    """The decoder's requests for chats: chat template, tokens left-truncated to `max_input_tokens`."""
+    from offline.reasoning.fastgen import GenRequest
+
+    texts = render_chats(tok, chats)
+    ids = [tok(t, add_special_tokens=False)["input_ids"][-max_input_tokens:] for t in texts]
+    return [GenRequest(ids=i, max_tokens=params.max_tokens, grammar=params.grammar, stop=params.stop,
+                       line_max_tokens=params.line_max_tokens) for i in ids]
+
+
+def make_runtime(model: Any, config: LocalLLMConfig) -> Any:
+    """The decoder's runtime for `model` as `config.runtime` / `config.dtype` ask (see LocalLLMConfig)."""
+    from offline.reasoning.fastgen import LlamaRuntime, TorchRuntime, llama_supported
+
+    kind = config.runtime
+    if kind == "auto":
+        why = llama_supported(model)
+        kind = "transformers" if why else "llama"
+        if why:
+            log.info("runtime auto: transformers (%s)", why)
+    if kind == "llama":
+        return LlamaRuntime(model, threads=config.num_threads, dtype=config.dtype)
+    return TorchRuntime(model, threads=config.num_threads)
+
+
 class LocalLLM:
     """LLM backed by a transformers causal LM in this process (optionally with a PEFT adapter applied)."""
 
@@ -105,11 +130,10 @@ class LocalLLM:
     def decoder(self) -> Any:
         """The batched decoder (shared-prefix KV cache, grammars), built on first use."""
         if self._decoder is None:
-            from offline.reasoning.fastgen import Decoder, TorchRuntime
+            from offline.reasoning.fastgen import Decoder
 
             model, tok = self._load()
-            self._decoder = Decoder(TorchRuntime(model, threads=self.config.num_threads), tok,
-                                    batch_size=self.config.batch_size)
+            self._decoder = Decoder(make_runtime(model, self.config), tok, batch_size=self.config.batch_size)
         return self._decoder
 
     def _load(self) -> tuple[Any, Any]:
@@ -134,7 +158,9 @@ class LocalLLM:
                 results[i] = hit
             else:
                 todo.append(i)
-        bs = self.config.batch_size
+        # the decoder keeps its batch full from a longer queue (rows leave as they finish, waiting ones join);
+        # groups stay bounded so answers reach the cache as they come
+        bs = self.config.batch_size * (1 if self.config.engine == "hf" else 4)
         t0 = time.perf_counter()
         for start in range(0, len(todo), bs):
             idx = todo[start:start + bs]
@@ -149,14 +175,9 @@ class LocalLLM:
         return [r if r is not None else "" for r in results]
 
     def _generate_fast(self, chats: list[Chat], params: SamplingParams) -> list[str]:
-        from offline.reasoning.fastgen import GenRequest
-
         dec = self.decoder()
         tok = dec.tok
-        texts = render_chats(tok, chats)
-        ids = [tok(t, add_special_tokens=False)["input_ids"][-self.config.max_input_tokens:] for t in texts]
-        reqs = [GenRequest(ids=i, max_tokens=params.max_tokens, grammar=params.grammar, stop=params.stop,
-                           line_max_tokens=params.line_max_tokens) for i in ids]
+        reqs = gen_requests(tok, chats, params, self.config.max_input_tokens)
         before_tok, before_s = dec.stats.generated_tokens, dec.stats.seconds
         with _GEN_LOCK:
             out = dec.generate(reqs, temperature=params.temperature, top_p=params.top_p, seed=params.seed,

@@ -4,7 +4,6 @@ LLM calls go through the response cache, so a killed run resumes."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from offline.reasoning.llm import LLM
 from offline.reasoning.parsing import split_chain
 from offline.reasoning.students import EncoderStudent, LoraStudent, student_texts
 from scoter import h_folder
-from scoter.io import read_json, write_json
+from scoter.io import describe_output, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,7 @@ def run_teacher(llm: LLM, dataset: Any, steps: list[str], cfg: DistillConfig, ou
     records, report = teacher_chains(llm, dataset, steps, rows, cfg)
     out = {"report": report, "steps": steps, "records": records}
     write_json(path, out)
+    log.info("wrote %s: %d teacher chains, %d accepted", describe_output(path), len(records), report["accepted"])
     return out
 
 
@@ -84,7 +84,8 @@ def train_encoder_student(dataset: Any, teacher: dict[str, Any], cfg: EncoderStu
     torch.save({"head": student.head.state_dict(), "k": len(steps),
                 "encoder": student.encoder.state_dict() if cfg.train_encoder else None,  # frozen: the package's
                 "config": cfg.model_dump(mode="json")}, out_dir / "encoder_student.pt")
-    log.info("encoder student: held-out loss %.4f -> %.4f", before, after)
+    log.info("encoder student: held-out loss %.4f -> %.4f; wrote %s", before, after,
+             describe_output(out_dir / "encoder_student.pt"))
     return student, report
 
 
@@ -129,7 +130,8 @@ def precompute_h(student: EncoderStudent, dataset: Any, out_dir: Path, cfg: Enco
         h = cached[key]
         h_folder.write_split(out_dir, split, h)
         times[split] = time.perf_counter() - t0
-        log.info("H_%s: %s in %.0fs (%.1f users/s)", split, h.shape, times[split], len(h) / max(times[split], 1e-9))
+        log.info("H_%s: %d users in %.0fs (%.1f users/s)", split, len(h), times[split],
+                 len(h) / max(times[split], 1e-9))
     if cfg.history_input == "items" and not (out_dir / h_folder.TRAIN_EXAMPLES).exists():
         # Per-prefix H for the training rows (LeaveOneOut.train_examples order): a prefix's H must not see its
         # own target, which the per-user H_train (input seq[:-2]) does for every earlier prefix.
@@ -139,7 +141,7 @@ def precompute_h(student: EncoderStudent, dataset: Any, out_dir: Path, cfg: Enco
         h = student.predict(None, progress=True, pooled=pooled).astype(np.float16)
         h_folder.write_train_examples(out_dir, h)
         times["train_examples"] = time.perf_counter() - t0
-        log.info("H_train_examples: %s in %.0fs", h.shape, times["train_examples"])
+        log.info("H_train_examples: %d prefixes in %.0fs", len(h), times["train_examples"])
     h_folder.write_user_ids(out_dir, dataset.user_ids)
     return {"seconds_by_split": times, "users": dataset.n_users}
 
@@ -174,6 +176,7 @@ def run_lora_student(dataset: Any, teacher: dict[str, Any], cfg: LoraStudentConf
     h_folder.write_user_ids(sub, [dataset.user_ids[u] for u in rows])
     write_json(sub / "chains_test.json", [{"user": dataset.user_ids[u], "steps": c}
                                           for u, c in zip(rows, done["test"][0], strict=True)])
+    log.info("LoRA student chains: wrote %s", describe_output(sub))
     return report
 
 
@@ -184,5 +187,4 @@ def write_meta(out_dir: Path, dataset: Any, steps: list[str], extra: dict[str, A
         "K": int(h.shape[1]), "D": int(h.shape[2]), "template": steps, "student": "encoder (MiniLM + head)",
         "inputs": {"train": "seq[:-2]", "valid": "seq[:-2]", "test": "seq[:-1]"},
         "user_order": "user_ids.json == Dataset.user_ids == LeaveOneOut.user_index", **extra,
-    })
-    log.info("wrote %s", json.dumps({"dir": str(out_dir), "K": int(h.shape[1]), "D": int(h.shape[2])}))
+    })  # h_folder.write_meta logs the folder with its size, K and D

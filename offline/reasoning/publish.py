@@ -20,6 +20,7 @@ import numpy as np
 from offline.reasoning.config import PublishConfig
 from offline.reasoning.encode import Shard
 from scoter import reasoning_store
+from scoter.io import format_size
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def publish(client: Any, h: np.ndarray, present: np.ndarray, user_ids: Sequence[
     batches = _batches(len(user_ids), cfg.batch_size, shard, rows)
     n_batches = len(batches)
     cluster = _is_cluster(client)
-    done = skipped = written = 0
+    done = skipped = written = written_bytes = 0
     t0 = time.perf_counter()
     for b, (global_b, local, span) in enumerate(batches):
         marker = progress_key(cfg.reasoning_version, cfg.split, cfg.batch_size, global_b)
@@ -108,10 +109,12 @@ def publish(client: Any, h: np.ndarray, present: np.ndarray, user_ids: Sequence[
         pipe = client.pipeline(transaction=not cluster)
         for uid, val in values:
             pipe.set(reasoning_store.reasoning_key(cfg.reasoning_version, uid), val, ex=cfg.ttl_s)
+            written_bytes += len(val)
         if histories is not None and cfg.write_histories:
             for r in rows_b:
-                pipe.set(reasoning_store.history_key(cfg.reasoning_version, user_ids[r]),
-                         json.dumps([str(x) for x in list(histories[r])[-cfg.history_max:]]))
+                hist = json.dumps([str(x) for x in list(histories[r])[-cfg.history_max:]])
+                pipe.set(reasoning_store.history_key(cfg.reasoning_version, user_ids[r]), hist)
+                written_bytes += len(hist.encode())
         if cluster:
             pipe.execute()  # every value first; the marker only once they are all in
             pipe = client.pipeline(transaction=False)
@@ -123,7 +126,12 @@ def publish(client: Any, h: np.ndarray, present: np.ndarray, user_ids: Sequence[
             rate = (b + 1 - skipped) / max(time.perf_counter() - t0, 1e-9)
             log.info("publish %s/%s: batch %d/%d (%.1f batches/s, ETA %.0fs)", cfg.reasoning_version, cfg.split,
                      b + 1, n_batches, rate, (n_batches - b - 1) / max(rate, 1e-9))
+    log.info("published %s/%s: wrote %d H values%s, %s (values only, without keys), %d batches skipped as done",
+             cfg.reasoning_version, cfg.split, written,
+             " and their histories" if histories is not None and cfg.write_histories else "",
+             format_size(written_bytes), skipped)
     return {"batches": n_batches, "written_batches": done, "skipped_batches": skipped, "values_written": written,
+            "bytes_written": written_bytes,
             "absent_users": int((~present.astype(bool)).sum()), "seconds": time.perf_counter() - t0,
             "created_at": created, **({"shard": f"{shard.index}/{shard.count}"} if shard is not None else {})}
 

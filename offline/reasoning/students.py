@@ -242,7 +242,10 @@ class LoraStudent:
                         "seconds": time.perf_counter() - t0, "scaffold": scaffold, "raw_examples": texts[:3]}
 
     def save(self, path: Path) -> None:
+        from scoter.io import describe_output
+
         self.model.save_pretrained(str(path))
+        log.info("LoRA adapter: wrote %s", describe_output(path))
 
 
 def student_texts(dataset: Any, histories: Sequence[Sequence[int]], max_items: int) -> list[str]:

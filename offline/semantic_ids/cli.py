@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from offline.cli_common import add_dataset_args
+from scoter.io import describe_output, format_size
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def _embed(args: argparse.Namespace) -> int:
     emb = _embed_dataset(args)
     out = args.out or _default_dir(args.dataset) / "item_embeddings.npy"
     _save_npy_atomic(Path(out), emb)
-    print(f"wrote {out} {emb.shape[0]} x {emb.shape[1]}")
+    print(f"wrote {describe_output(Path(out))}: {emb.shape[0]} x {emb.shape[1]}")
     return 0
 
 
@@ -97,7 +98,8 @@ def _sid_build(args: argparse.Namespace) -> int:
         with atomic_write(out_dir / "rqvae.pt") as tmp:
             torch.save({"state_dict": model.state_dict(), "config": config.model_dump()}, tmp)
     r = sid.report
-    print(f"wrote {path} and {trie_path} ({trie.nbytes / 2**20:.1f} MiB dense)")
+    wrote = [path, trie_path] + ([out_dir / "rqvae.pt"] if args.method == "rqvae" else [])
+    print(f"wrote {', '.join(describe_output(p) for p in wrote)} (trie {format_size(trie.nbytes)} in memory)")
     print(
         f"items {sid.n_items}  collision rate {r['collision_rate']:.4f}  max collisions {r['max_collisions']}  "
         f"unique after disambiguation {r['unique_after_disambiguation']:.0%}  {r['seconds']}s"

@@ -33,6 +33,7 @@ from dockerfile_parse import DockerfileParser
 from model_export.testing import build_bundle, item_ids
 from scoter.reasoning_store import encode, reasoning_key
 from scoter.testing import free_port
+from service.experiments import load_config
 from tests.deploy.conftest import DEPLOY, REPO, dashboard_queries, expand_grafana
 
 REDIS_URL = os.environ.get("SCOTER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -94,13 +95,15 @@ def image_command() -> tuple[list[str], dict[str, str], str]:
 def service(tmp_path_factory) -> Iterator[dict]:
     """The service as the container runs it: `scoter serve --experiments /config/experiments.yaml`."""
     tmp = tmp_path_factory.mktemp("deploy_live")
-    build_bundle(tmp / "bundles" / "control", n_items=N_ITEMS, k=K, d_reason=D, seed=1, model_version="1")
-    build_bundle(tmp / "bundles" / "scoter", n_items=N_ITEMS, k=K, d_reason=D, seed=2, model_version="2")
     config = tmp / "config" / "experiments.yaml"
     config.parent.mkdir()
     example = yaml.safe_load((DEPLOY / "experiments.example.yaml").read_text())
-    for variant, name in zip(example["experiments"][0]["variants"], ("control", "scoter"), strict=True):
-        variant["bundle"] = str(tmp / "bundles" / name)  # where the /bundles volume would be
+    bundles = sorted({v["bundle"] for e in example["experiments"] for v in e["variants"] if v.get("bundle")})
+    for seed, mounted in enumerate(bundles, 1):  # one real bundle where the /bundles volume would hold each
+        assert mounted.startswith("/bundles/"), mounted
+        build_bundle(tmp / mounted.lstrip("/"), n_items=N_ITEMS, k=K, d_reason=D, seed=seed, model_version=str(seed))
+    for variant in (v for e in example["experiments"] for v in e["variants"] if v.get("bundle")):
+        variant["bundle"] = str(tmp / variant["bundle"].lstrip("/"))
     config.write_text(yaml.safe_dump(example))
 
     argv, image_env, health = image_command()
@@ -130,8 +133,11 @@ def service(tmp_path_factory) -> Iterator[dict]:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 90, "service /readyz",
                  proc, log)
+        assigner = load_config(config).assigner  # the service's own assignment: which variant serves each user
         yield {"url": url, "port": port, "health": health, "env": env, "users": users, "config": config,
-               "experiment": example["experiments"][0]["key"]}
+               "experiment": example["experiments"][0]["key"],
+               "variants": {assigner.assign(u).variant for u in users},
+               "active_variants": {v["name"] for v in example["experiments"][0]["variants"]}}
     finally:
         stop(proc)
         r.delete(*keys)
@@ -237,7 +243,7 @@ def test_prometheus_scrapes_the_service_and_dashboard_queries_return_data(servic
     # per-variant latency really is per variant and per stage
     stages = query(prometheus, expand_grafana(
         'histogram_quantile(0.99, sum by (le, variant, stage) (rate(scoter_stage_seconds_bucket[$__rate_interval])))'))
-    assert {s["metric"]["variant"] for s in stages} == {"control", "scoter"}
+    assert {s["metric"]["variant"] for s in stages} == service["variants"] and len(service["variants"]) > 1
     assert {"queue", "redis", "inference", "total"} <= {s["metric"]["stage"] for s in stages}
     hit = query(prometheus, 'sum(rate(scoter_reasoning_total{status="hit"}[30s])) / sum(rate(scoter_reasoning_total[30s]))')
     assert 0.0 < float(hit[0]["value"][1]) < 1.0, "half of the users have reasoning published"
@@ -269,4 +275,4 @@ def test_srm_check_reads_the_live_exposures(service):
     assert proc.returncode in (0, 1), proc.stderr
     result = json.loads(proc.stdout)
     assert result["experiment"] == service["experiment"]
-    assert set(result["counts"]) == {"control", "scoter"} and sum(result["counts"].values()) > 0
+    assert set(result["counts"]) == service["active_variants"] and sum(result["counts"].values()) > 0

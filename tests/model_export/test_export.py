@@ -159,3 +159,28 @@ def test_item_head_fp16_graph_ranks_on_the_cpu_provider(tmp_path):
     items32, items16 = np.asarray(r32.rank(*feeds.values())[0]), np.asarray(r16.rank(*feeds.values())[0])
     assert items16.shape == items32.shape
     assert (items16[:, 0] == items32[:, 0]).mean() > 0.8
+
+
+def test_the_graph_never_returns_a_history_item_unless_exported_to(tmp_path):
+    """By default the history rule is traced into the graph (ORT agrees with PyTorch and no list holds an item of
+    its own history); `include_history` exports the old rule, and the manifest says which."""
+    torch.set_num_threads(1)
+    src, data = train_tiny("sasrec-sid", steps=5)
+    feeds = _feeds(data)
+    history = np.where(feeds["history_mask"], feeds["history"], 0)
+    export_bundle(src, tmp_path / "ex", ExportConfig(model_id="tiny-sid", fp16=False, int8=False))
+    export_bundle(src, tmp_path / "in", ExportConfig(model_id="tiny-sid", fp16=False, int8=False,
+                                                      exclude_history=False))
+    out = {}
+    for name in ("ex", "in"):
+        manifest, _ = load_bundle(tmp_path / name)
+        assert manifest.export["exclude_history"] is (name == "ex")
+        out[name] = np.asarray(BundleRanker(tmp_path / name, RankerConfig(variant="fp32")).rank(*feeds.values())[0])
+        src.module.exclude_history = name == "ex"
+        ref, _ = run_torch(src.module, feeds, 64)
+        np.testing.assert_array_equal(out[name], ref)
+    seen = [(set(row[row > 0].tolist()), set(items.tolist())) for row, items in zip(history, out["ex"], strict=True)]
+    assert all(not h & items for h, items in seen)
+    # the tiny model's top item is often a history item: the rule changes real lists
+    assert sum(bool(set(row[row > 0].tolist()) & set(items.tolist()))
+               for row, items in zip(history, out["in"], strict=True)) > 0

@@ -153,7 +153,7 @@ def test_bad_config_names_the_problem(tmp_path: Path, mutate, field):
 
 
 def test_example_config_is_valid():
-    loaded = load_config(Path(__file__).resolve().parents[2] / "experiments.example.yaml")
+    loaded = load_config(Path(__file__).resolve().parents[2] / "deploy" / "experiments.example.yaml")
     exp = loaded.config.active
     assert exp.status == "running" and [v.name for v in exp.variants] == ["tiger", "scoter"]
     assert all(p.is_absolute() for p in loaded.config.bundle_paths().values())
@@ -250,3 +250,37 @@ def test_bucket_version_rebuckets_and_keeping_it_keeps_users(tmp_path: Path):
     ramped = _exp(coverage=0.5)  # ramping coverage up or down never moves a user between variants
     assert all(assign(ramped, u).variant == b for u, b in zip(users, before, strict=True)
                if assign(ramped, u).in_experiment)
+
+
+def test_min_bucket_version_excludes_earlier_users_as_the_sdk_with_sticky_buckets_does():
+    """The oracle: the official SDK with a sticky-bucket store filled by version 0, then version 1 with
+    minBucketVersion 1 and the re-bucketing seed. Its verdict (excluded, or which variant) is ours for every user."""
+    pytest.importorskip("growthbook")
+    import growthbook as gb
+    from growthbook.common_types import EvaluationContext, GlobalContext, Options, StackContext, UserContext
+    from growthbook.core import run_experiment
+    from growthbook.growthbook import InMemoryStickyBucketService
+
+    ours = _exp(coverage=0.6, bucket_version=1, min_bucket_version=1)
+    kw = dict(key=ours.key, variations=["control", "scoter"], coverage=0.6, hashVersion=2)
+    v0 = gb.Experiment(seed=ours.seed_at(0), bucketVersion=0, **kw)
+    v1 = gb.Experiment(seed=ours.seed_at(1), bucketVersion=1, minBucketVersion=1, **kw)
+    g = GlobalContext(options=Options(sticky_bucket_service=InMemoryStickyBucketService()))
+    excluded = 0
+    for i in range(5_000):
+        uid = f"mbv-{i}"
+        ctx = EvaluationContext(user=UserContext(attributes={"id": uid}), global_ctx=g, stack=StackContext())
+        was_in = run_experiment(v0, None, ctx).inExperiment  # writes the user's sticky doc when in
+        sdk = run_experiment(v1, None, ctx)
+        got = assign(ours, uid)
+        assert (got.in_experiment, got.variant) == (sdk.inExperiment, sdk.value if sdk.inExperiment else "control")
+        excluded += was_in
+        assert not (was_in and got.in_experiment), uid  # nobody who saw version 0 is in version 1
+    assert 0.55 < excluded / 5_000 < 0.65  # the 60% covered under version 0
+    # without min_bucket_version the same users are re-bucketed, not excluded
+    assert sum(assign(_exp(coverage=0.6, bucket_version=1), f"mbv-{i}").in_experiment for i in range(5_000)) > 2_700
+
+
+def test_min_bucket_version_above_bucket_version_is_refused():
+    with pytest.raises(ValueError, match="min_bucket_version: 2 is above bucket_version 1"):
+        _exp(bucket_version=1, min_bucket_version=2)

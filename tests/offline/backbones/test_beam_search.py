@@ -61,12 +61,35 @@ def test_full_beam_equals_exhaustive_scoring(kind: str) -> None:
     trie = TrieTensors.for_model(model)
     history = torch.as_tensor(rng.integers(0, 24, size=(4, 6)))
     with torch.no_grad():
-        items, scores = constrained_beam_search(model, history, trie, beam=30)
+        items, scores = constrained_beam_search(model, history, trie, beam=30, exclude_history=False)
     ref_items, ref_scores = exhaustive_ranking(model, history)
     np.testing.assert_array_equal(items[:, :23].numpy(), ref_items)
     np.testing.assert_allclose(scores[:, :23].numpy(), ref_scores, rtol=1e-5, atol=1e-5)
     # beam 30 > 23 items: the rest is padding
     assert (items[:, 23:] == 0).all() and torch.isinf(scores[:, 23:]).all()
+
+
+@pytest.mark.parametrize("kind", ["tiger", "hstu", "hstu-item"])
+def test_excluding_history_is_the_exhaustive_ranking_without_the_history_items(kind: str) -> None:
+    """The default: no item of the given history is returned, and the rest keep their exhaustive order and
+    scores (the item head masks them before the beam; the code decoder drops them after)."""
+    rng = np.random.default_rng(2)
+    sizes = [5, 4, 3]
+    codes = random_codes(rng, sizes, 23)
+    model = make_model(kind, codes, sizes)
+    history = torch.as_tensor(rng.integers(0, 24, size=(4, 6)))
+    with torch.no_grad():
+        items, scores = constrained_beam_search(model, history, TrieTensors.for_model(model), beam=30)
+    ref_items, ref_scores = exhaustive_ranking(model, history)
+    for row in range(history.shape[0]):
+        seen = set(history[row].tolist()) - {0}
+        keep = [j for j, i in enumerate(ref_items[row]) if i not in seen]
+        n = len(keep)
+        assert not seen & set(items[row].tolist())
+        np.testing.assert_array_equal(items[row, :n].numpy(), ref_items[row, keep])
+        if kind != "hstu-item":  # the item head renormalises nothing: masked mass leaves the others' scores as is
+            np.testing.assert_allclose(scores[row, :n].numpy(), ref_scores[row, keep], rtol=1e-5, atol=1e-5)
+        assert (items[row, n:] == 0).all() and torch.isinf(scores[row, n:]).all()
 
 
 @pytest.mark.parametrize("kind", ["tiger", "hstu", "hstu-item"])
@@ -98,7 +121,7 @@ def test_unconstrained_search_has_the_same_shapes_and_equals_it_on_a_full_catalo
     trie = TrieTensors.for_model(model)
     history = torch.as_tensor(np.random.default_rng(7).integers(1, 33, size=(3, 5)))
     with torch.no_grad():
-        items, scores = constrained_beam_search(model, history, trie, beam=beam, topk=5)
+        items, scores = constrained_beam_search(model, history, trie, beam=beam, topk=5, exclude_history=False)
         free_items, free_scores = constrained_beam_search(model, history, trie, beam=beam, topk=5, constrain=False)
     assert free_items.shape == items.shape == (3, 5) and (free_items == 0).all()
     torch.testing.assert_close(free_scores, scores)
@@ -113,7 +136,8 @@ def test_ties_are_broken_by_lower_item_index() -> None:
     with torch.no_grad():
         model.decoder.embed.weight.zero_()
         items, scores = constrained_beam_search(model, torch.ones(2, 3, dtype=torch.long),
-                                                TrieTensors.for_model(model), beam=16, topk=12)
+                                                TrieTensors.for_model(model), beam=16, topk=12,
+                                                exclude_history=False)
     assert items.tolist() == [list(range(1, 13))] * 2
     assert torch.allclose(scores, torch.full_like(scores, -2 * np.log(4)))
 
@@ -176,7 +200,7 @@ def test_property_random_tries(sizes: list[int], frac: float, beam: int, seed: i
     trie = TrieTensors.for_model(model)
     history = torch.as_tensor(rng.integers(0, n_items + 1, size=(2, 4)))
     with torch.no_grad():
-        items, scores = constrained_beam_search(model, history, trie, beam=beam)
+        items, scores = constrained_beam_search(model, history, trie, beam=beam, exclude_history=False)
     live = items > 0
     assert int(live.sum(1).min()) == min(beam, n_items)
     assert torch.isinf(scores[~live]).all() and torch.isfinite(scores[live]).all()

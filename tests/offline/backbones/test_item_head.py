@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from offline.backbones import HstuConfig, HstuModel, RankingModule, TrainConfig, TrieTensors
+from offline.backbones import (
+    HstuConfig,
+    HstuModel,
+    RankingModule,
+    TigerConfig,
+    TigerModel,
+    TrainConfig,
+    TrieTensors,
+)
 from offline.backbones.train import Trainer
 from offline.data.datasets import LeaveOneOut
 from offline.data.evaluation import rank_metrics
@@ -99,6 +107,34 @@ def test_trainer_learns_the_planted_pattern_with_the_item_head(tmp_path) -> None
     assert metrics["recall@1"] > 0.6 and metrics["recall@5"] > 0.85, metrics
 
 
+def tiger_item_model() -> TigerModel:
+    torch.manual_seed(0)
+    return TigerModel(TigerConfig.small(head="item"), planted_codes(), SIZES)
+
+
+def test_tiger_item_head_is_block_causal_and_ties_its_leaf_to_the_input_item_table() -> None:
+    """A history item's state depends on it and earlier items only (so one pass trains every position), and is
+    the same whether later items are present or not; the leaf is the input item table."""
+    model = tiger_item_model().eval()
+    assert not hasattr(model, "decoder") and model.all_positions
+    history = torch.tensor([[0, 0, 1, 2, 3, 4, 5, 6]])
+    with torch.no_grad():
+        full, mask = model.encode(history)
+        later = history.clone()
+        later[0, -2:] = torch.tensor([9, 10])
+        changed, _ = model.encode(later)
+    assert full.shape == (1, 8, model.config.d_model) and mask.tolist() == [[False, False] + [True] * 6]
+    torch.testing.assert_close(full[:, :6], changed[:, :6])
+    assert not torch.allclose(full[:, 6:], changed[:, 6:])
+    assert torch.equal(model.item_table(), model.item_emb.weight)
+
+
+def test_trainer_learns_the_planted_pattern_with_the_tiger_item_head(tmp_path) -> None:
+    _, metrics = train_on_the_planted_pattern(tmp_path, "tiger", TigerConfig.small(head="item").model_dump(), 25,
+                                              5e-3)
+    assert metrics["recall@1"] > 0.6 and metrics["recall@5"] > 0.85, metrics
+
+
 @pytest.mark.parametrize("prior_weight", [0.0, 1.0])
 def test_item_head_beam_traces_to_onnx_and_matches_onnxruntime(tmp_path, prior_weight: float) -> None:
     model = item_model(prior_weight=prior_weight).eval()
@@ -106,6 +142,12 @@ def test_item_head_beam_traces_to_onnx_and_matches_onnxruntime(tmp_path, prior_w
         model.head.item_bias.normal_(0.0, 2.0)
     ranker = RankingModule(model, TrieTensors.for_model(model), beam=6).eval()
     assert_traces_to_onnx(ranker, 30, np.random.default_rng(3), tmp_path)
+
+
+def test_tiger_item_head_beam_traces_to_onnx_and_matches_onnxruntime(tmp_path) -> None:
+    model = tiger_item_model().eval()
+    ranker = RankingModule(model, TrieTensors.for_model(model), beam=6).eval()
+    assert_traces_to_onnx(ranker, 30, np.random.default_rng(4), tmp_path)
 
 
 # -- SASRec's encoder with the item-aware head -----------------------------------------------------------------

@@ -28,10 +28,13 @@ def test_prefix_cache_decoder_matches_transformers_generate(local_llm) -> None:
     """Greedy tokens from the decoder (one prefix pass reused by a padded batch) equal generate() run on each
     prompt alone: the reused cache, the padding between prefix and suffix and the positions are right."""
     params = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=6)
-    fast = local_llm.generate(CHATS, params)
+    # float32: exact agreement with transformers (the bfloat16 default's agreement is tested in test_llama_runtime)
+    fast_llm = LocalLLM(LocalLLMConfig(batch_size=4, dtype="float32"), model=local_llm._model,
+                        tokenizer=local_llm._tok)
+    fast = fast_llm.generate(CHATS, params)
     ref = LocalLLM(LocalLLMConfig(engine="hf", batch_size=1), model=local_llm._model, tokenizer=local_llm._tok)
     assert fast == [ref.generate([c], params)[0] for c in CHATS]
-    stats = local_llm.decoder().stats
+    stats = fast_llm.decoder().stats
     assert stats.prefix_tokens_reused > 0 and stats.generated_tokens > 0 and stats.tokens_per_second > 0
 
 

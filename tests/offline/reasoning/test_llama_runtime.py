@@ -1,0 +1,146 @@
+"""fastgen.LlamaRuntime against transformers' own forward (TorchRuntime): at float32 the same greedy tokens, through
+continuous batching (rows leaving, rows joining, joining rows longer than the live ones); at bfloat16 well-formed
+answers that mostly agree. A tiny random Llama checks the cache bookkeeping exactly and fast; the real packaged
+SmolLM2-135M checks the real weights on short generations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from offline.reasoning import grammars
+from offline.reasoning.config import LocalLLMConfig
+from offline.reasoning.fastgen import (
+    Decoder,
+    GenRequest,
+    LlamaRuntime,
+    TorchRuntime,
+    llama_supported,
+    swap_remove,
+)
+from offline.reasoning.local_backend import gen_requests, make_runtime
+from offline.reasoning.parsing import numbered_lines
+
+SYSTEM = {"role": "system", "content": "You are a helpful beauty shop assistant. Answer briefly."}
+QUESTIONS = ("Name one nail polish colour.", "Suggest a shampoo for dry hair, please.", "What is a BB cream?",
+             "Which brush suits a powder foundation, and why would a beginner choose it?", "Lip balm or gloss?")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _steps(rt, prefix: list[int], suffixes: list[list[int]], n: int) -> list[np.ndarray]:
+    """Greedy logits of n steps for each row."""
+    out = [rt.start(rt.prefix(prefix), suffixes)]
+    for _ in range(n):
+        out.append(rt.step(out[-1].argmax(1)))
+    return out
+
+
+def test_float32_logits_match_transformers_with_and_without_a_prefix(tiny_llama) -> None:
+    rng = np.random.default_rng(0)
+    suffixes = [rng.integers(3, 96, k).tolist() for k in (5, 9, 2)]
+    for prefix in ([], rng.integers(3, 96, 7).tolist()):
+        ref = _steps(TorchRuntime(tiny_llama), prefix, suffixes, 6)
+        got = _steps(LlamaRuntime(tiny_llama, dtype="float32"), prefix, suffixes, 6)
+        for a, b in zip(ref, got, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_rows_joining_and_leaving_keep_each_rows_logits(tiny_llama) -> None:
+    """Rows added mid-flight (one with a suffix longer than the live rows' columns, so they shift; one shorter, so
+    it is padded), rows removed in swap-remove order and in an arbitrary order: every row's logits are those of
+    the row decoded alone."""
+    rng = np.random.default_rng(1)
+    prefix = rng.integers(3, 96, 4).tolist()
+    rows = [rng.integers(3, 96, k).tolist() for k in (3, 2, 4, 12, 6)]
+
+    def alone(s: list[int], n: int) -> list[np.ndarray]:
+        return [x[0] for x in _steps(LlamaRuntime(tiny_llama, dtype="float32"), prefix, [s], n)]
+
+    rt = LlamaRuntime(tiny_llama, dtype="float32", grow=2)  # a small chunk: the caches grow several times
+    state = rt.prefix(prefix)
+    lg = rt.start(state, rows[:3])
+    live, seen = [0, 1, 2], {0: [lg[0]], 1: [lg[1]], 2: [lg[2]]}
+    for t in range(7):
+        if t == 2:
+            lg = np.concatenate([lg, rt.add(state, rows[3:])])  # 12 tokens > the 3 + 2 columns in use
+            live += [3, 4]
+            seen[3], seen[4] = [lg[-2]], [lg[-1]]
+            continue
+        if t == 4:
+            keep = swap_remove(len(live), {0})  # row 0 leaves; the last row moves into its slot
+            rt.keep(keep)
+            live, lg = [live[r] for r in keep], lg[keep]
+        if t == 5:
+            keep = np.array([2, 0, 3, 1], np.int64)  # an order that is not swap-remove: the general path
+            rt.keep(keep)
+            live, lg = [live[r] for r in keep], lg[keep]
+        lg = rt.step(lg.argmax(1))
+        for r, i in enumerate(live):
+            seen[i].append(lg[r])
+    for i, got in seen.items():
+        want = alone(rows[i], len(got) - 1)
+        np.testing.assert_allclose(np.stack(got), np.stack(want), atol=1e-4, rtol=1e-4)
+
+
+def test_swap_remove_moves_only_rows_from_the_tail() -> None:
+    assert swap_remove(6, {1, 4}).tolist() == [0, 5, 2, 3]
+    assert swap_remove(4, {3}).tolist() == [0, 1, 2]
+    assert swap_remove(3, {0, 1, 2}).tolist() == []
+
+
+def test_unsupported_models_fall_back_to_transformers(tiny_llama) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    biased = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2, num_key_value_heads=1, attention_bias=True))
+    assert "bias" in llama_supported(biased)
+    with pytest.raises(ValueError, match="runtime 'llama'"):
+        LlamaRuntime(biased)
+    assert isinstance(make_runtime(biased, LocalLLMConfig()), TorchRuntime)
+    assert isinstance(make_runtime(tiny_llama, LocalLLMConfig()), LlamaRuntime)
+    assert isinstance(make_runtime(tiny_llama, LocalLLMConfig(runtime="transformers")), TorchRuntime)
+
+
+def _requests(tok, n: int, max_tokens: int, grammar: str | None = None) -> list[GenRequest]:
+    from offline.reasoning.config import SamplingParams
+
+    chats = [[SYSTEM, {"role": "user", "content": q}] for q in QUESTIONS[:n]]
+    return gen_requests(tok, chats, SamplingParams(max_tokens=max_tokens, grammar=grammar), 768)
+
+
+def test_real_model_float32_greedy_equals_transformers_through_refills(local_llm) -> None:
+    """Batch 2 over 5 prompts with refills of 1 row: rows leave at different lengths and waiting ones join."""
+    model, tok = local_llm._load()
+    reqs = _requests(tok, 5, 8)
+    for r, m in zip(reqs, (3, 8, 5, 8, 2), strict=True):
+        r.max_tokens = m
+    ref = Decoder(TorchRuntime(model), tok, batch_size=5).generate(reqs, temperature=0.0)
+    got = Decoder(LlamaRuntime(model, dtype="float32"), tok, batch_size=2, refill=1).generate(reqs, temperature=0.0)
+    assert got == ref
+    assert [len(g) for g in got] == [3, 8, 5, 8, 2]
+
+
+def test_real_model_bfloat16_answers_are_well_formed_and_mostly_agree(local_llm) -> None:
+    model, tok = local_llm._load()
+    g = grammars.numbered_steps(2, step_chars=60)
+    reqs = _requests(tok, 4, 24, grammar=g)
+    for r in reqs:
+        r.line_max_tokens = 10
+    ref = Decoder(LlamaRuntime(model, dtype="float32"), tok, batch_size=4).generate(reqs, temperature=0.0)
+    got = Decoder(LlamaRuntime(model, dtype="bfloat16"), tok, batch_size=4).generate(reqs, temperature=0.0)
+    for ids in got:
+        assert numbered_lines(tok.decode(ids, skip_special_tokens=True), 2) is not None, tok.decode(ids)
+    agree = [np.mean([a == b for a, b in zip(x, y, strict=False)]) for x, y in zip(ref, got, strict=True)]
+    assert np.mean(agree) >= 0.5, agree
+    first = sum(x[:4] == y[:4] for x, y in zip(ref, got, strict=True))
+    assert first >= 3, (ref, got)
