@@ -170,8 +170,10 @@ class ExposureLog:
         self._drain()
 
     def _drain(self) -> None:
-        while self._buf:
-            with self._write_lock:
+        # the lock around the whole loop: a flush waits for a batch the writer thread has taken but not yet
+        # counted (written or dropped), so what it reports afterwards is final
+        with self._write_lock:
+            while self._buf:
                 self._write_batch()
 
     def _take(self) -> list[dict[str, Any]]:

@@ -131,7 +131,7 @@ def _rank_batch(bundle: ServingBundle, rows: list[Row]) -> list[Ranked | BaseExc
             out.append(one if isinstance(one, BaseException) or not bad[i] else
                        Ranked(one.ids, one.scores, reasoning_error=True))
         return out
-    finite = np.isfinite(scores).all(axis=1)
+    finite = _scores_ok(ids, scores)
     out = [Ranked(i_, s_, b_) for i_, s_, b_ in zip(ids.tolist(), scores.tolist(), bad, strict=True)]
     if not finite.all():
         for i in np.flatnonzero(~finite).tolist():
@@ -139,12 +139,18 @@ def _rank_batch(bundle: ServingBundle, rows: list[Row]) -> list[Ranked | BaseExc
     return out  # plain lists: no numpy left for the loop
 
 
+def _scores_ok(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per row: every real item's score is finite. Padding (item 0 at -inf) is legitimate: a catalogue with fewer
+    items left than beams once the history's own items are excluded."""
+    return (np.isfinite(scores) | ((ids == 0) & np.isneginf(scores))).all(axis=1)
+
+
 def _without_reasoning(bundle: ServingBundle, hist: np.ndarray, had_reasoning: bool) -> Ranked | BaseException:
     """A row whose scores were not finite: ranked again without its reasoning (the usual culprit)."""
     if not had_reasoning:
         return FloatingPointError("the model gave non-finite scores for this history")
     ids, scores = bundle.run(hist, hist > 0, np.zeros((1, bundle.k, bundle.d), np.float32), np.zeros(1, bool))
-    if not np.isfinite(scores).all():
+    if not _scores_ok(ids, scores).all():
         return FloatingPointError("the model gave non-finite scores for this history")
     return Ranked(ids[0].tolist(), scores[0].tolist(), reasoning_error=True)
 
