@@ -38,8 +38,11 @@ def split_histories(dataset: Any, split: str) -> list[np.ndarray]:
 def run_teacher(llm: LLM, dataset: Any, steps: list[str], cfg: DistillConfig, out_dir: Path) -> dict[str, Any]:
     """Teacher chains for `teacher_users` sampled training users -> teacher_chains.json, H_teacher.npy."""
     path = out_dir / ("teacher_chains_oracle.json" if cfg.oracle else "teacher_chains.json")
-    if path.exists():  # resume: re-split the saved raw chains so the current rejection rule applies
-        saved = read_json(path)
+    saved = read_json(path) if path.exists() else None
+    if saved is not None and saved["steps"] != steps:
+        log.warning("%s was written for the template %s, not %s: regenerating", path, saved["steps"], steps)
+        saved = None
+    if saved is not None:  # resume: re-split the saved raw chains so the current rejection rule applies
         for r in saved["records"]:
             r["steps"] = split_chain(r["raw"], saved["steps"])
         rejected = sum(r["steps"] is None for r in saved["records"])
