@@ -87,7 +87,8 @@ def _graph(model: TinyModel, k: int, d_reason: int) -> onnx.ModelProto:
 
 def build_bundle(out_dir: Path, *, n_items: int = 50, d: int = 16, k: int = 3, d_reason: int = 8,
                  max_len: int = 8, beam: int = 10, seed: int = 0, model_version: str = "1",
-                 reasoning_version: str = "rv1", reasoning_scale: float = 3.0) -> TinyModel:
+                 reasoning_version: str = "rv1", reasoning_scale: float = 3.0,
+                 exclude_history: bool = False) -> TinyModel:
     """Write a verified bundle (manifest + checksums via scoter.bundle) and return its numpy twin."""
     rng = np.random.default_rng(seed)
     emb = np.vstack([np.zeros((1, d)), rng.normal(size=(n_items, d))]).astype(np.float32)
@@ -113,6 +114,6 @@ def build_bundle(out_dir: Path, *, n_items: int = 50, d: int = 16, k: int = 3, d
                        {"name": "reasoning_present", "dtype": "bool", "shape": ["batch"]}],
             "outputs": [{"name": "item_ids", "dtype": "int64", "shape": ["batch", beam]},
                         {"name": "scores", "dtype": "float32", "shape": ["batch", beam]}],
-            "graphs": {"fp32": "model.onnx"}, "export": {"exporter": "model_export/testing.py"},
+            "graphs": {"fp32": "model.onnx"}, "export": {"exporter": "model_export/testing.py", "exclude_history": exclude_history},
         })
     return model

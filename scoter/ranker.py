@@ -176,6 +176,11 @@ class ServingBundle:
         return self.ranker.items
 
     @property
+    def excludes_history(self) -> bool:
+        """The graph itself never returns an item of the request's history (`scoter export` default)."""
+        return bool(self.manifest.export.get("exclude_history", False))
+
+    @property
     def model_id(self) -> str:
         return self.manifest.model_id
 

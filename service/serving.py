@@ -347,6 +347,9 @@ class Recommender:
         history comes from the store)."""
         if req.k > bundle.beam:
             raise RequestError([*loc, "k"], f"k={req.k} exceeds the model's beam size {bundle.beam}")
+        if not req.exclude_seen and bundle.excludes_history:
+            raise RequestError([*loc, "exclude_seen"], "false needs a bundle exported with --include-history: "
+                               f"{bundle.model_id}'s graph never returns items of the history")
         if req.history is None:
             return None
         index = bundle.item_index

@@ -151,13 +151,10 @@ class SasrecModel(nn.Module):
         self.eval()
         device = self.item_emb.weight.device
         try:
-            hist = torch.as_tensor(np.asarray(histories), dtype=torch.int64, device=device)
-            logits = self(hist)
-            if exclude_history:
-                logits = logits.scatter(1, hist, float("-inf"))  # column 0 (padding) is -inf already
+            logits = self(torch.as_tensor(np.asarray(histories), dtype=torch.int64, device=device))
         finally:
             self.train(was_training)
-        return topk_from_scores(logits, k)
+        return topk_from_scores(logits, k, histories, exclude_history)
 
 
 def _state(model: SasrecModel, config: SasrecConfig, dataset: Dataset, **extra: Any) -> dict[str, Any]:

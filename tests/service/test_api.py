@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from model_export.testing import item_ids
+from model_export.testing import build_bundle, item_ids
 from scoter.reasoning_store import encode, history_key, reasoning_key
 from tests.service.conftest import dead_redis_url, make_settings, serve
 
@@ -85,6 +85,19 @@ async def test_history_from_store_truncation_and_exclude_seen(bundle_dir, tiny_m
     assert _ids(b["items"]) == _expected(tiny_model, long_history, None, 10)
     assert r3.json()["history_source"] == "none" and len(r3.json()["items"]) == 3
     assert _ids(anon.json()["items"]) == _ids(b["items"])  # exclude_seen=false changed nothing for it
+
+
+async def test_exclude_seen_false_is_refused_by_a_bundle_whose_graph_excludes_history(tmp_path, reasoning_version):
+    """`scoter export` traces the history rule into the graph by default: such a bundle cannot honour
+    `exclude_seen: false`, so it says so (422 naming the field) instead of silently ignoring it."""
+    build_bundle(tmp_path / "b", reasoning_version=reasoning_version, exclude_history=True)
+    async with serve(make_settings(bundle=tmp_path / "b")) as client:
+        bad = await client.post("/v1/recommendations", json={"user_id": "u1", "history": ITEMS[:2], "k": 3,
+                                                              "exclude_seen": False})
+        ok = await client.post("/v1/recommendations", json={"user_id": "u1", "history": ITEMS[:2], "k": 3})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "exclude_seen"], bad.json()
+    assert "--include-history" in bad.json()["detail"][0]["msg"]
+    assert ok.status_code == 200 and len(ok.json()["items"]) == 3
 
 
 @pytest.mark.parametrize("body,loc", [
