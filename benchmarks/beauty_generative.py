@@ -163,11 +163,13 @@ def main(argv: list[str] | None = None) -> int:
                      "prior_weight_at_ranking": w, **training_facts(path)})
     doc: dict[str, Any] = {**provenance(), "dataset": ds.name}
     baselines = [n for n, m in models.items() if m["model"] == "sasrec"]
-    paired = {}  # generative minus SASRec on the same test users: mean and standard error of the per-user difference
+    # generative minus SASRec, and every later SASRec minus the first (e.g. a recipe change), on the same test users:
+    # mean and standard error of the per-user difference
+    paired = {}
     for name, m in models.items():
-        if m["model"] != "generative":
+        if m["model"] != "generative" and name not in baselines[1:]:
             continue
-        for base in baselines:
+        for base in baselines if m["model"] == "generative" else baselines[:1]:
             for suffix in ("", " [paper protocol]"):
                 (h, n), (hb, nb) = test_hits[name + suffix], test_hits[base + suffix]
                 paired[f"{name} - {base}{suffix}"] = {"recall@10": mean_se(h - hb), "ndcg@10": mean_se(n - nb)}

@@ -43,6 +43,8 @@ def add_train_flags(p: argparse.ArgumentParser, backbone: str | None = None) -> 
         note = "" if backbone or flag != "batch-size" else ", per backbone"
         text = "stop training after this many seconds (a resumed run continues the budget)" if flag == "time-budget" else desc
         p.add_argument(f"--{flag}", type=typ, default=None, help=f"{text} (default: {shown}{note})".strip())
+    p.add_argument("--no-sub-windows", action="store_true", default=None,
+                   help="all-position models: train only each user's newest history window (default: every window)")
     p.add_argument("--schedule", choices=["constant", "cosine"], default=None,
                    help="learning rate after warmup: constant, or cosine over the epochs or the --time-budget "
                         f"(default: {base.schedule})")
@@ -57,6 +59,8 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
             overrides[_TRAIN_FIELD.get(flag, flag.replace("-", "_"))] = value
     if args.schedule is not None:
         overrides["schedule"] = args.schedule
+    if getattr(args, "no_sub_windows", None):
+        overrides["sub_windows"] = False
     if args.max_users is not None:
         overrides["max_users"] = args.max_users
     return overrides

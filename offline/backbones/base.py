@@ -46,14 +46,30 @@ class GenerativeBackbone(nn.Module):
         """Every item's input embedding [n_items+1, d] (row 0 = padding): the tied leaf of the item-aware head."""
         return self.item_embedding(torch.arange(self.n_items + 1, device=self.codes.device))
 
-    def sequence_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def sequence_loss(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        reasoning: torch.Tensor | None = None,
+        present: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """All-position loss: inputs [B,T] (left-padded), targets [B,T] (the next item at each position, 0 = no
-        loss); one encoder pass, the item-aware head's loss at every real position."""
+        loss); one encoder pass, the item-aware head's loss at every real position. With a fusion module,
+        ``reasoning`` [B,T,K,D] is each position's own H (from the prefix ending there, so it never saw that
+        position's target) and ``present`` [B,T] says where one exists."""
         if self.head is None:
             raise ValueError("sequence_loss needs the item-aware head (config head='item')")
-        mem, _ = self.memory(inputs)
+        if reasoning is not None and present is None:
+            present = targets > 0
+        mem, _ = self.memory(inputs, reasoning, present)
         real = targets > 0
-        return self.head.loss(mem[real], targets[real], self.item_table())
+        total, parts = self.head.loss(mem[real], targets[real], self.item_table())
+        if reasoning is not None:
+            aux = self.aux_loss(targets[real], reasoning[real], present[real])
+            if aux is not None:
+                parts["aux"] = float(aux.detach())
+                total = total + aux
+        return total, parts
 
     @property
     def n_items(self) -> int:

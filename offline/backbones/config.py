@@ -143,6 +143,8 @@ class TrainConfig(BaseModel):
     time_budget_s: float | None = Field(None, gt=0, description="stop training after this many seconds")
     seed: int = 0
     num_threads: int = Field(1, gt=0, description="torch CPU threads")
+    sub_windows: bool = Field(True, description="all-position models: also train the older targets of users "
+                              "longer than the history window (one more row per window; False: the newest only)")
 
     @classmethod
     def for_backbone(cls, backbone: str, **overrides: object) -> TrainConfig:

@@ -227,7 +227,8 @@ class Trainer:
     def training_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """What an epoch shuffles: one row per user sequence (all-position models) or one per prefix."""
         if self.model.all_positions:
-            return LeaveOneOut(self.splits.dataset, self.model.config.max_len).train_sequence_examples()
+            return LeaveOneOut(self.splits.dataset, self.model.config.max_len).train_sequence_examples(
+                self.cfg.sub_windows)
         return self.splits.train
 
     def validation_metrics(self, v_hist: np.ndarray, v_tgt: np.ndarray) -> dict[str, float]:

@@ -69,6 +69,8 @@ def _train_sasrec(args: argparse.Namespace) -> int:
     }
     if args.per_prefix:
         overrides["all_positions"] = False
+    if args.no_sub_windows:
+        overrides["sub_windows"] = False
     config = SasrecConfig(data=data_config(args), **overrides)
     name = config.data.dataset or config.data.name or Path(config.data.interactions_path).stem
     out = args.out or artifacts_root() / name / "sasrec"
@@ -94,5 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="stop training after this many seconds (a resumed run continues the budget)")
     sas.add_argument("--per-prefix", action="store_true",
                      help="one training row per history prefix instead of all positions of each user's sequence")
+    sas.add_argument("--no-sub-windows", action="store_true",
+                     help="train only each user's newest history window (the default also trains the older targets of "
+                          "users longer than the window)")
     sas.set_defaults(func=_train_sasrec)
     _help_with_defaults(sas)

@@ -66,6 +66,8 @@ class SasrecConfig(BaseModel):
         description="one row per user with a loss at every position (one encoder pass per sequence); "
         "False = one row per training prefix, loss at its newest position",
     )
+    sub_windows: bool = Field(True, description="all positions: also train the older targets of users longer "
+                              "than the history window (one more row per window; False: the newest only)")
     time_budget_s: float | None = Field(None, gt=0, description="stop training after this many seconds")
     seed: int = 42
     threads: int = Field(1, ge=1, description="torch intra-op threads (the sandbox has 2 shared cores)")
@@ -178,7 +180,7 @@ def train_sasrec(config: SasrecConfig, out_dir: Path | str, resume: bool = True)
     t_start = time.perf_counter()
     dataset = config.data.load()
     split = LeaveOneOut(dataset, config.data.max_len)
-    hist_np, tgt_np = split.train_sequence_examples() if config.all_positions else split.train_examples()
+    hist_np, tgt_np = split.train_sequence_examples(config.sub_windows) if config.all_positions else split.train_examples()
     if len(tgt_np) == 0:
         raise ValueError(f"{dataset.name}: no training examples (every user has < 4 items)")
     ctx = distributed.init(resolve_device(config.device))  # world size 1 unless started by torchrun

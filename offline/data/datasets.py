@@ -552,20 +552,36 @@ class LeaveOneOut:
                 tgt.append(int(s[t]))
         return _left_pad(hist, self.max_len), np.asarray(tgt, dtype=np.int64)
 
-    def train_sequence_examples(self) -> tuple[np.ndarray, np.ndarray]:
-        """All-position training rows, one per user: (inputs [N, max_len], targets [N, max_len]) with inputs =
-        training part[:-1] and targets = training part[1:], the newest `max_len` of each, left-padded with 0
-        (target 0 = no loss there). Users whose training part has one item contribute no row."""
-        inputs = np.zeros((self.dataset.n_users, self.max_len), dtype=np.int64)
-        targets = np.zeros_like(inputs)
-        for row, s in enumerate(self.train_sequences()):
-            s = np.asarray(s, dtype=np.int64)[-(self.max_len + 1) :]
-            n = len(s) - 1
-            if n > 0:
-                inputs[row, self.max_len - n :] = s[:-1]
-                targets[row, self.max_len - n :] = s[1:]
-        keep = (targets > 0).any(axis=1)
-        return inputs[keep], targets[keep]
+    def _windows(self, sub_windows: bool):
+        """(user row, start, end) of each all-position training row: the slice train_part[start:end] gives the
+        row's inputs (all but its last item) and targets (all but its first), at most `max_len` of each."""
+        for u, s in enumerate(self.train_sequences()):
+            for end in range(len(s), 1, -self.max_len):
+                yield u, max(0, end - self.max_len - 1), end
+                if not sub_windows:
+                    break
+
+    def train_sequence_examples(self, sub_windows: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """All-position training rows: (inputs [N, max_len], targets [N, max_len]) with inputs = training
+        part[:-1] and targets = training part[1:], left-padded with 0 (target 0 = no loss there). By default one
+        row per user, its newest `max_len` targets; `sub_windows` adds rows for the older targets of long users
+        (windows of `max_len` targets going back in time, so every training target is trained once). Users whose
+        training part has one item contribute no row."""
+        train = self.train_sequences()
+        chunks = [np.asarray(train[u][a:end], dtype=np.int64) for u, a, end in self._windows(sub_windows)]
+        return _left_pad([c[:-1] for c in chunks], self.max_len), _left_pad([c[1:] for c in chunks], self.max_len)
+
+    def train_sequence_prefix_rows(self, sub_windows: bool = False) -> np.ndarray:
+        """For each position of `train_sequence_examples(sub_windows)`, the row of `train_examples()` with the
+        same history and target ([N, max_len], -1 where there is no target): joins per-prefix side data such as
+        a prefix's reasoning H onto all-position training."""
+        lengths = [len(s) for s in self.train_sequences()]
+        start = np.concatenate([[0], np.cumsum([max(n - 1, 0) for n in lengths])])
+        rows = [start[u] + np.arange(a, end - 1) for u, a, end in self._windows(sub_windows)]
+        out = np.full((len(rows), self.max_len), -1, dtype=np.int64)
+        for r, idx in enumerate(rows):
+            out[r, self.max_len - len(idx) :] = idx
+        return out
 
     def train_user_of_examples(self) -> np.ndarray:
         """Row of `dataset.user_ids` for each row of `train_examples()` (for joining per-user side data)."""

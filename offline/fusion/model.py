@@ -130,33 +130,47 @@ class ReasoningFusion(nn.Module):
     def forward(
         self, h_seq: torch.Tensor, mask: torch.Tensor, H: torch.Tensor, present: torch.Tensor
     ) -> torch.Tensor:
-        """Fused states [B,T,d]; rows with ``present`` False (or dropped in training) return ``h_seq`` exactly."""
+        """Fused states [B,T,d]; rows with ``present`` False (or dropped in training) return ``h_seq`` exactly.
+        H is one matrix per row ([B,K,D], present [B]) or one per position ([B,T,K,D], present [B,T]: all-position
+        training, where position t's H comes from the prefix ending at t)."""
         present = present.to(torch.bool)
         if self.training and self.config.absent_rate > 0:
             keep = torch.rand(present.shape, device=present.device) >= self.config.absent_rate
             present = present & keep
         # Zero absent rows first so NaN/garbage in a missing H cannot leak, not even through gradients.
-        H = torch.where(present[:, None, None], H, torch.zeros((), dtype=H.dtype, device=H.device))
+        H = torch.where(present[..., None, None], H, torch.zeros((), dtype=H.dtype, device=H.device))
+        if H.dim() == 4:
+            B, T = H.shape[:2]
+            z = self.project(H.reshape(B * T, *H.shape[2:]))
+            return self.fuse(h_seq, mask, z.view(B, T, *z.shape[1:]), present)
         return self.fuse(h_seq, mask, self.project(H), present)
 
     def fuse(
         self, h_seq: torch.Tensor, mask: torch.Tensor, z_pos: torch.Tensor, present: torch.Tensor
     ) -> torch.Tensor:
-        """Eq. 3-5 on already projected steps Z_pos [B,K',d]; ``mask`` [B,T] is True at real (non-pad) tokens."""
+        """Eq. 3-5 on already projected steps Z_pos ([B,K',d], or [B,T,K',d] per position); ``mask`` [B,T] is True
+        at real (non-pad) tokens; ``present`` [B] or [B,T]."""
         B, T, d = h_seq.shape
         if d != self.config.d_item:
             raise ValueError(f"h_seq: expected width d_item={self.config.d_item}, got {d}")
         heads = self.config.heads
         hd = self.config.inner_dim // heads
-        q = self.q_proj(h_seq).view(B, T, heads, hd).transpose(1, 2)
-        k = self.k_proj(z_pos).view(B, -1, heads, hd).transpose(1, 2)
-        v = self.v_proj(z_pos).view(B, -1, heads, hd).transpose(1, 2)
         p = self.config.dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # eq. 3
-        a = self.dropout(self.out_proj(a.transpose(1, 2).reshape(B, T, -1)))
+        if z_pos.dim() == 4:  # each position attends to its own K' steps
+            q = self.q_proj(h_seq).view(B, T, 1, heads, hd).transpose(2, 3)  # [B,T,h,1,hd]
+            k = self.k_proj(z_pos).view(B, T, -1, heads, hd).transpose(2, 3)  # [B,T,h,K',hd]
+            v = self.v_proj(z_pos).view(B, T, -1, heads, hd).transpose(2, 3)
+            a = F.scaled_dot_product_attention(q, k, v, dropout_p=p).reshape(B, T, -1)  # eq. 3
+        else:
+            q = self.q_proj(h_seq).view(B, T, heads, hd).transpose(1, 2)
+            k = self.k_proj(z_pos).view(B, -1, heads, hd).transpose(1, 2)
+            v = self.v_proj(z_pos).view(B, -1, heads, hd).transpose(1, 2)
+            a = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2).reshape(B, T, -1)  # eq. 3
+        a = self.dropout(self.out_proj(a))
         g = torch.sigmoid(self.gate(torch.cat([h_seq, a], dim=-1)))  # eq. 4
         fused = self.norm(g * h_seq + (1.0 - g) * a)  # eq. 5
-        use = present.to(torch.bool)[:, None, None] & mask.to(torch.bool)[:, :, None]
+        present = present.to(torch.bool)
+        use = (present[:, :, None] if present.dim() == 2 else present[:, None, None]) & mask.to(torch.bool)[:, :, None]
         return torch.where(use, fused, h_seq)
 
     # -- contrastive alignment ---------------------------------------------------------------------------------

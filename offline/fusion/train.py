@@ -69,6 +69,7 @@ class ScoterTrainer(Trainer):
         self.train_user = torch.as_tensor(user_of, device=self.device)
         self.H = {s: torch.as_tensor(reasoning.H[s], dtype=torch.float32, device=self.device) for s in SPLITS}
         self.train_fn = reasoning.train_fn
+        self.train_hist: torch.Tensor | None = None  # training prefixes' histories, for train_fn
         self.H_examples = None
         if reasoning.train_examples is not None and self.train_fn is None:
             n_ex = len(splits.train[1])
@@ -115,15 +116,36 @@ class ScoterTrainer(Trainer):
         return f"scoter-{self.backbone}"
 
     def training_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """One row per training prefix even for an all-position backbone: H belongs to a prefix (it may only have
-        seen the items before that prefix's target), so the loss is taken at the prefix's newest position."""
-        return self.splits.train
+        """All positions at once (as the backbone trains) when every training prefix has its own H and the model
+        has the item-aware head: position t of a row uses the H of the prefix ending at t, which never saw that
+        position's target. Otherwise one row per training prefix, the loss at its newest position."""
+        if not self.per_position:
+            return self.splits.train
+        loo = LeaveOneOut(self.splits.dataset, self.model.config.max_len)
+        self.prefix_rows = torch.as_tensor(loo.train_sequence_prefix_rows(self.cfg.sub_windows), device=self.device)
+        return loo.train_sequence_examples(self.cfg.sub_windows)
+
+    @property
+    def per_position(self) -> bool:
+        return self.model.all_positions and (self.train_fn is not None or self.H_examples is not None)
+
+    def _prefix_h(self, rows: torch.Tensor) -> torch.Tensor:
+        """H of training prefixes (rows of ``splits.train``), any shape of row indices -> [..., K, D]."""
+        if self.train_fn is None:
+            return self.H_examples[rows]
+        if self.train_hist is None:
+            self.train_hist = torch.as_tensor(self.splits.train[0], device=self.device)
+        H = self.train_fn(self.train_hist[rows.reshape(-1)])
+        return H.view(*rows.shape, *H.shape[1:])
 
     def batch_loss(self, idx: torch.Tensor, hist: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The backbone's loss with H: per-prefix H where there is one (it never saw its own target), else the
         user's training H; InfoNCE and the H dropout live in the model's loss."""
+        if self.per_position:
+            rows = self.prefix_rows[idx]
+            return self.model.sequence_loss(hist[idx], tgt[idx], self._prefix_h(rows.clamp(min=0)), rows >= 0)
         if self.train_fn is not None or self.H_examples is not None:
-            H = self.train_fn(hist[idx]) if self.train_fn is not None else self.H_examples[idx]
+            H = self._prefix_h(idx)
             present = torch.ones(len(idx), dtype=torch.bool, device=self.device)
         else:
             users = self.train_user[idx]

@@ -157,11 +157,13 @@ class EncoderStudentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(4, ge=1)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(256, ge=1, description="also the InfoNCE's negatives (batch - 1 per row)")
     lr: float = 5e-5
     head_lr: float = 1e-3
     mse_weight: float = 1.0
     cos_weight: float = 1.0
+    contrastive_weight: float = Field(1.0, ge=0, description="weight of the per-step in-batch InfoNCE")
+    temperature: float = Field(0.05, gt=0, description="InfoNCE temperature")
     max_seq_length: int = Field(128, ge=16)
     history_items: int = 10
     history_input: Literal["items", "text"] = Field(

@@ -1,7 +1,8 @@
 """Students that write reasoning for every user.
 
 - `EncoderStudent` (beyond the paper, after R2END): MiniLM + a per-step head maps the history text straight to
-  the K step embeddings (one forward pass per user, no generation), trained with per-step cosine + MSE.
+  the K step embeddings (one forward pass per user, no generation), trained with per-step cosine + MSE and an
+  in-batch InfoNCE per step.
 - `LoraStudent` (the paper's): LoRA fine-tuning of a small causal LM on the teacher's chains; it then writes
   chains that are split and sentence-encoded like the teacher's."""
 
@@ -64,10 +65,24 @@ class EncoderStudent(nn.Module):
         return self(inputs) if isinstance(inputs, list) else self.from_pooled(inputs)
 
     @staticmethod
-    def loss(pred: torch.Tensor, target: torch.Tensor, cos_w: float = 1.0, mse_w: float = 1.0) -> torch.Tensor:
-        """Per-step (1 - cosine) + squared L2 distance, averaged over users and steps."""
+    def loss(pred: torch.Tensor, target: torch.Tensor, config: EncoderStudentConfig) -> torch.Tensor:
+        """Per-step (1 - cosine) + squared L2 distance, averaged over users and steps, plus an in-batch InfoNCE
+        per step. Regression alone pulls each step to the average of what the teacher might write (its "Item
+        Recommendation" then retrieves worse than the plain history vector: BENCHMARKS.md); the contrastive
+        term makes a step pick out its own row's teacher text among the batch's."""
         cos = nn.functional.cosine_similarity(pred, target, dim=-1)
-        return cos_w * (1 - cos).mean() + mse_w * ((pred - target) ** 2).sum(-1).mean()
+        total = config.cos_weight * (1 - cos).mean() + config.mse_weight * ((pred - target) ** 2).sum(-1).mean()
+        if config.contrastive_weight > 0 and len(pred) > 1:
+            p = nn.functional.normalize(pred, dim=-1).transpose(0, 1)  # [K, B, D]
+            t = nn.functional.normalize(target, dim=-1).transpose(0, 1)
+            logits = p @ t.transpose(1, 2) / config.temperature  # [K, B, B]
+            same = (t @ t.transpose(1, 2)) > 1 - 1e-6  # rows with the same teacher text are not negatives
+            same = same & ~torch.eye(len(pred), dtype=torch.bool, device=pred.device)
+            logits = logits.masked_fill(same, float("-inf"))
+            labels = torch.arange(len(pred), device=pred.device).expand(p.shape[0], -1)
+            nce = nn.functional.cross_entropy(logits.reshape(-1, len(pred)), labels.reshape(-1))
+            total = total + config.contrastive_weight * nce
+        return total
 
     def fit(self, texts: Sequence[str] | None, targets: np.ndarray, *, pooled: np.ndarray | None = None,
             log_every: int = 10) -> list[float]:
@@ -89,16 +104,18 @@ class EncoderStudent(nn.Module):
         inputs = torch.from_numpy(np.asarray(pooled, np.float32)) if pooled is not None else self._inputs(texts)
         order = list(range(n))
         history: list[float] = []
-        n_batches = math.ceil(len(order) / cfg.batch_size)
+        # a small teacher set still gets >= 8 steps an epoch; a large one batches at batch_size (InfoNCE negatives)
+        bs = max(1, min(cfg.batch_size, math.ceil(n / 8)))
+        n_batches = math.ceil(len(order) / bs)
         t0 = time.perf_counter()
         for epoch in range(cfg.epochs):
             self.train()
             rng.shuffle(order)
             total = 0.0
             for b in range(n_batches):
-                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                idx = order[b * bs:(b + 1) * bs]
                 batch = [inputs[i] for i in idx] if isinstance(inputs, list) else inputs[idx]
-                loss = self.loss(self._run(batch), tgt[idx], cfg.cos_weight, cfg.mse_weight)
+                loss = self.loss(self._run(batch), tgt[idx], cfg)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -129,11 +146,16 @@ class EncoderStudent(nn.Module):
         return out
 
     def evaluate(self, texts: Sequence[str] | None, targets: np.ndarray, *, pooled: np.ndarray | None = None) -> float:
+        """The training loss on (inputs, teacher H), in batches of the training batch size (the InfoNCE's
+        negatives are a batch's rows, as in training)."""
         with torch.no_grad():
             self.eval()
             pred = torch.from_numpy(self.predict(texts, pooled=pooled))
-            return float(self.loss(pred, torch.from_numpy(np.asarray(targets, np.float32)),
-                                   self.config.cos_weight, self.config.mse_weight))
+            tgt = torch.from_numpy(np.asarray(targets, np.float32))
+            bs = self.config.batch_size
+            losses = [float(self.loss(pred[s:s + bs], tgt[s:s + bs], self.config)) * len(pred[s:s + bs])
+                      for s in range(0, len(pred), bs)]
+            return sum(losses) / max(len(pred), 1)
 
 
 def _encode_pair(tok: Any, chat: list[dict[str, str]], answer: str, max_length: int) -> tuple[list[int], list[int]]:

@@ -182,6 +182,22 @@ def test_leave_one_out_split_and_truncation(tmp_path: Path) -> None:
         loo.eval_examples("train")  # type: ignore[arg-type]
 
 
+def test_sub_windows_train_every_training_target_once(tmp_path: Path) -> None:
+    # u1 training part = 1..8 (7 targets); u2 = 9 10 11 (2 targets); u3's training part is one item: no row
+    write_benchmark(tmp_path, "toy", ["u1 1 2 3 4 5 6 7 8 90 91", "u2 9 10 11 92 93", "u3 12 94 95"])
+    loo = LeaveOneOut(load_benchmark("toy", tmp_path), max_len=3)
+    inputs, targets = loo.train_sequence_examples()
+    assert targets.tolist() == [[6, 7, 8], [0, 10, 11]]  # the newest window only
+    assert inputs.tolist() == [[5, 6, 7], [0, 9, 10]]
+    inputs, targets = loo.train_sequence_examples(sub_windows=True)
+    # u1 back in time: targets 6 7 8, then 3 4 5, then 2 (its input 1); u2 fits one window
+    assert targets.tolist() == [[6, 7, 8], [3, 4, 5], [0, 0, 2], [0, 10, 11]]
+    assert inputs.tolist() == [[5, 6, 7], [2, 3, 4], [0, 0, 1], [0, 9, 10]]
+    real = targets[targets > 0]
+    assert sorted(real.tolist()) == sorted(loo.train_examples()[1].tolist())  # every training target once
+    assert not set(real.tolist()) & {90, 91, 92, 93, 94, 95}  # never a validation or test target
+
+
 def test_leave_one_out_needs_three_items(tmp_path: Path) -> None:
     write_benchmark(tmp_path, "toy", ["u1 1 2 3", "u2 1 2"])
     with pytest.raises(ValueError, match="user 'u2' has 2 items"):

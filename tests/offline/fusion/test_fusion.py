@@ -472,3 +472,59 @@ def test_per_example_training_h_is_loaded_and_used(tmp_path) -> None:
     np.save(tmp_path / "H" / "H_train_examples.npy", per_ex[:, :2])
     with pytest.raises(ValueError, match="H_train_examples"):
         load_reasoning(tmp_path / "H", ds.user_ids)
+
+
+def test_all_position_fusion_is_the_per_prefix_fusion_in_one_pass() -> None:
+    """Each position fused with the H of the prefix ending there: one pass over a user's sequence gives the mean
+    of the per-prefix fused losses, InfoNCE included (without position embeddings, the one thing that differs)."""
+    from offline.data.datasets import LeaveOneOut
+    from tests.offline.backbones.test_backbones import planted_dataset
+    from tests.offline.backbones.test_item_head import item_model
+
+    model = item_model()
+    with torch.no_grad():
+        model.pos_emb.weight.zero_()
+    model.fusion = ReasoningFusion(FusionConfig.small(reasoning_dim=16, d_item=24, absent_rate=0.0, dropout=0.0))
+    model.eval()
+    loo = LeaveOneOut(planted_dataset(12), max_len=8)
+    inputs, targets = (torch.as_tensor(a) for a in loo.train_sequence_examples())
+    rows = torch.as_tensor(loo.train_sequence_prefix_rows())
+    hist, tgt = (torch.as_tensor(a) for a in loo.train_examples())
+    H = torch.randn(len(tgt), 3, 16, generator=torch.Generator().manual_seed(0))
+    seq_loss, seq_parts = model.sequence_loss(inputs, targets, H[rows.clamp(min=0)], rows >= 0)
+    prefix_loss, prefix_parts = model.loss(hist, tgt, H, torch.ones(len(tgt), dtype=torch.bool))
+    torch.testing.assert_close(seq_loss, prefix_loss, rtol=1e-4, atol=1e-5)
+    assert seq_parts["aux"] == pytest.approx(prefix_parts["aux"], rel=1e-4)
+    # the H does reach the loss: another H at one position changes it
+    H2 = H.clone()
+    H2[int(rows[0, -1])] += 1.0
+    assert not torch.allclose(model.sequence_loss(inputs, targets, H2[rows.clamp(min=0)], rows >= 0)[0], seq_loss)
+
+
+def test_scoter_trainer_trains_all_positions_with_each_prefix_h(tmp_path) -> None:
+    import numpy as np
+
+    from offline.backbones.config import HstuConfig, TrainConfig
+    from offline.fusion.train import ScoterTrainer
+    from scoter.h_folder import load_reasoning, save_reasoning
+
+    ds, splits, codes = _tiny_world(n_users=30)
+    save_reasoning(tmp_path / "H", _planted_reasoning(ds), ds.user_ids)
+    n_ex = len(splits.train[1])
+    per_ex = np.random.default_rng(0).normal(size=(n_ex, 3, 16)).astype(np.float32)
+    np.save(tmp_path / "H" / "H_train_examples.npy", per_ex)
+    cfg = TrainConfig(epochs=1, batch_size=8, beam=10, eval_users=0, warmup_steps=0)
+    trainer = ScoterTrainer("hstu", splits, codes, tmp_path / "run", cfg, FusionConfig.small(reasoning_dim=16,
+                            d_item=24), load_reasoning(tmp_path / "H", ds.user_ids),
+                            HstuConfig.small(head="item").model_dump(), device="cpu")
+    inputs, targets = trainer.training_arrays()
+    assert trainer.per_position and len(inputs) == len(ds.user_ids)  # one row per user, not one per prefix
+    rows = trainer.prefix_rows.numpy()
+    assert (splits.train[1][rows[rows >= 0]] == targets[targets > 0]).all()  # each position: its own prefix
+    seen: list[torch.Tensor] = []
+    forward = trainer.model.fusion.forward
+    trainer.model.fusion.forward = lambda h, m, H, p: (seen.append(H), forward(h, m, H, p))[1]  # observe, no fake
+    trainer.fit()
+    per_position = [H for H in seen if H.dim() == 4]  # training batches; validation passes one H per user
+    assert trainer.epoch == 1 and len(per_position) == -(-len(inputs) // 8)
+    assert all(H.shape[1] == inputs.shape[1] for H in per_position)

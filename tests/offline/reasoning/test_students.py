@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from offline.reasoning import prompts
@@ -54,6 +55,21 @@ def test_item_vector_student_learns_and_predicts_all_users_from_vectors(tiny_dat
     after = student.evaluate(None, target, pooled=pooled)
     assert after < before * 0.5, (before, after)
     assert student.predict(None, pooled=pooled).shape == (4, 2, 384)
+
+
+def test_student_loss_contrasts_rows_and_never_uses_a_twin_as_negative() -> None:
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(6, 2, 384, generator=g)
+    cfg = EncoderStudentConfig(mse_weight=0.0, cos_weight=0.0)  # the InfoNCE alone
+    assert float(EncoderStudent.loss(target.clone(), target, cfg)) < 1e-3  # each row picks out its own text
+    mean = target.mean(0, keepdim=True).expand_as(target)  # regression's answer: the same for every row
+    assert float(EncoderStudent.loss(mean, target, cfg)) > 1.0  # ~ log 6: it cannot tell the rows apart
+    twins = target.clone()
+    twins[1] = twins[0]  # two rows with the same teacher text: neither is the other's negative
+    assert float(EncoderStudent.loss(twins.clone(), twins, cfg)) < 1e-3
+    off = cfg.model_copy(update={"contrastive_weight": 0.0, "mse_weight": 1.0})
+    assert float(EncoderStudent.loss(mean, target, off)) == pytest.approx(
+        float(((mean - target) ** 2).sum(-1).mean()), rel=1e-5)
 
 
 def test_lora_student_trains_and_generates() -> None:
