@@ -64,12 +64,9 @@ class GenerativeBackbone(nn.Module):
         mem, _ = self.memory(inputs, reasoning, present)
         real = targets > 0
         total, parts = self.head.loss(mem[real], targets[real], self.item_table())
-        if reasoning is not None:
-            aux = self.aux_loss(targets[real], reasoning[real], present[real])
-            if aux is not None:
-                parts["aux"] = float(aux.detach())
-                total = total + aux
-        return total, parts
+        if reasoning is None:
+            return total, parts
+        return self._with_aux(total, parts, targets[real], reasoning[real], present[real])
 
     @property
     def n_items(self) -> int:
@@ -148,6 +145,11 @@ class GenerativeBackbone(nn.Module):
             logits = self.decode_logits(mem, mask, codes)
             total = sum(F.cross_entropy(lg.float(), codes[:, pos]) for pos, lg in enumerate(logits)) / len(logits)
             parts = {"ce": float(total.detach())}
+        return self._with_aux(total, parts, targets, reasoning, present)
+
+    def _with_aux(self, total: torch.Tensor, parts: dict[str, float], targets: torch.Tensor,
+                  reasoning: torch.Tensor | None, present: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The recommendation loss plus the fusion's weighted InfoNCE (logged as "aux") when there is one."""
         aux = self.aux_loss(targets, reasoning, present)
         if aux is not None:
             parts["aux"] = float(aux.detach())

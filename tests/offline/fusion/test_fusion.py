@@ -449,18 +449,28 @@ def test_history_text_reasoner_matches_array_split_reference() -> None:
         np.testing.assert_allclose(out[b, 3], vec[succ[last] if succ[last] > 0 else last])
 
 
+def _world_with_per_prefix_h(tmp_path):
+    """30 users, per-user H and a random H for every training prefix (H_train_examples.npy) under tmp_path/H."""
+    import numpy as np
+
+    from scoter.h_folder import save_reasoning
+
+    ds, splits, codes = _tiny_world(n_users=30)
+    save_reasoning(tmp_path / "H", _planted_reasoning(ds), ds.user_ids)
+    per_ex = np.random.default_rng(0).normal(size=(len(splits.train[1]), 3, 16)).astype(np.float32)
+    np.save(tmp_path / "H" / "H_train_examples.npy", per_ex)
+    return ds, splits, codes, per_ex
+
+
 def test_per_example_training_h_is_loaded_and_used(tmp_path) -> None:
     import numpy as np
 
     from offline.backbones.config import HstuConfig, TrainConfig
     from offline.fusion.train import ScoterTrainer
-    from scoter.h_folder import load_reasoning, save_reasoning
+    from scoter.h_folder import load_reasoning
 
-    ds, splits, codes = _tiny_world(n_users=30)
-    save_reasoning(tmp_path / "H", _planted_reasoning(ds), ds.user_ids)
-    n_ex = len(splits.train[1])
-    per_ex = np.random.default_rng(0).normal(size=(n_ex, 3, 16)).astype(np.float32)
-    np.save(tmp_path / "H" / "H_train_examples.npy", per_ex)
+    ds, splits, codes, per_ex = _world_with_per_prefix_h(tmp_path)
+    n_ex = len(per_ex)
     arrays = load_reasoning(tmp_path / "H", ds.user_ids)
     assert arrays.train_examples.shape == (n_ex, 3, 16)
     trainer = ScoterTrainer("hstu", splits, codes, tmp_path / "run", TrainConfig(epochs=1, batch_size=64, beam=10,
@@ -502,17 +512,12 @@ def test_all_position_fusion_is_the_per_prefix_fusion_in_one_pass() -> None:
 
 
 def test_scoter_trainer_trains_all_positions_with_each_prefix_h(tmp_path) -> None:
-    import numpy as np
 
     from offline.backbones.config import HstuConfig, TrainConfig
     from offline.fusion.train import ScoterTrainer
-    from scoter.h_folder import load_reasoning, save_reasoning
+    from scoter.h_folder import load_reasoning
 
-    ds, splits, codes = _tiny_world(n_users=30)
-    save_reasoning(tmp_path / "H", _planted_reasoning(ds), ds.user_ids)
-    n_ex = len(splits.train[1])
-    per_ex = np.random.default_rng(0).normal(size=(n_ex, 3, 16)).astype(np.float32)
-    np.save(tmp_path / "H" / "H_train_examples.npy", per_ex)
+    ds, splits, codes, _ = _world_with_per_prefix_h(tmp_path)
     cfg = TrainConfig(epochs=1, batch_size=8, beam=10, eval_users=0, warmup_steps=0)
     trainer = ScoterTrainer("hstu", splits, codes, tmp_path / "run", cfg, FusionConfig.small(reasoning_dim=16,
                             d_item=24), load_reasoning(tmp_path / "H", ds.user_ids),
