@@ -186,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/beauty_teacher_curve.json"))
+    ap.add_argument("--label", default=LABEL, help="what the points are (the default: the simulation)")
+    ap.add_argument("--h-folder", action="append", default=[], metavar="NAME=PATH",
+                    help="a real H folder, run as point h:NAME beside the simulated ones")
     args = ap.parse_args(argv)
+    h_folders = {f"h:{spec.split('=', 1)[0]}": Path(spec.split("=", 1)[1]) for spec in args.h_folder}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     started = time.time()
@@ -207,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         texts = [step_texts(grounding, e["history"]) for e in examples]
         return embed([t for pair in texts for t in pair], encoder=enc).reshape(len(examples), 2, -1)
 
-    prefix_steps = cached(work / f"prefix_steps_{args.teacher_users}.npy", prefix)
+    simulated = [p for p in args.points.split(",") if p and p != "baseline" and not p.startswith("h:")]
+    prefix_steps = cached(work / f"prefix_steps_{args.teacher_users}.npy", prefix) if simulated else None
     train = TrainConfig(batch_size=128, lr=5e-4, warmup_steps=50, weight_decay=0.0, time_budget_s=args.time_budget,
                         epochs=args.epochs, eval_users=5000, patience=40, num_threads=args.threads, seed=args.seed,
                         sub_windows=False)  # the curve's protocol: every point trains each user's newest window
@@ -230,8 +235,14 @@ def main(argv: list[str] | None = None) -> int:
             vec = per_user(items, test_tgt)
             results[point] = {"test": rank_metrics(items, test_tgt, (10, 20)), "epochs": trainer.epoch}
         else:
-            q: float | str = point if point == "oracle" else float(point)
-            folder, report = build_h(ds, work, q, args.teacher_users, args.seed, item_step, prefix_steps, examples)
+            if point.startswith("h:"):  # real H from the project's pipeline (a folder `scoter reason distill` wrote)
+                folder = h_folders[point]
+                report = {"source": json.loads((folder / h_folder.META).read_text()), "h_dir": str(folder),
+                          "student_last_step_test_recall@10": last_step_retrieval(ds, folder, item_step)}
+            else:
+                q: float | str = point if point == "oracle" else float(point)
+                folder, report = build_h(ds, work, q, args.teacher_users, args.seed, item_step, prefix_steps,
+                                         examples)
             reasoning = h_folder.load_reasoning(folder, ds.user_ids)
             run = ScoterRunConfig(backbone="sasrec-sid", dataset=args.dataset, codes_path=args.codes,
                                   reasoning_dir=folder, backbone_config=model_cfg, train=train)
@@ -264,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             results[point]["vs_baseline"] = paired({k: vec[k] for k in ("recall@10", "ndcg@10")}, base)
             results[point]["h_absent_vs_baseline"] = paired(
                 {k: vec[f"{k}_h_absent"] for k in ("recall@10", "ndcg@10")}, base)
-    doc = {"label": LABEL, **provenance(),
+    doc = {"label": args.label, **provenance(),
            "protocol": {"backbone": "sasrec-sid", "init_from": str(args.init_from), "train": train.model_dump(),
                         "teacher_users": args.teacher_users, "steps": STEPS,
                         # measured by benchmarks/reasoning.py --stage validate (beauty_reasoning.json)
@@ -284,7 +295,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(float(p), r) for p, r in doc["points"].items() if p not in ("baseline", "oracle") and "vs_baseline" in r]
+    pts = [(float(p), r) for p, r in doc["points"].items()
+           if p not in ("baseline", "oracle") and not p.startswith("h:") and "vs_baseline" in r]
     if not pts:
         return
     pts.sort()
