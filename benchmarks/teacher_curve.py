@@ -31,7 +31,7 @@ from benchmarks.harness import provenance, write_result
 from offline.backbones.config import TrainConfig
 from offline.backbones.train import BEST, Trainer
 from offline.data.datasets import LeaveOneOut
-from offline.data.evaluation import rank_metrics
+from offline.data.evaluation import group_items_by_popularity, group_users_by_length, rank_metrics
 from offline.data.splits import Splits
 from offline.fusion.experiments import ScoterRunConfig
 from offline.fusion.train import ScoterTrainer
@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/beauty_teacher_curve.json"))
+    ap.add_argument("--fusion-config", default=None, help="JSON overrides of the fusion config (ablations, lambda)")
     ap.add_argument("--label", default=LABEL, help="what the points are (the default: the simulation)")
     ap.add_argument("--h-folder", action="append", default=[], metavar="NAME=PATH",
                     help="a real H folder, run as point h:NAME beside the simulated ones")
@@ -247,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             run = ScoterRunConfig(backbone="sasrec-sid", dataset=args.dataset, codes_path=args.codes,
                                   reasoning_dir=folder, backbone_config=model_cfg, train=train)
             fusion = run.fusion_config(reasoning.D, model_cfg.get("d_model", 64))
+            if args.fusion_config:
+                fusion = fusion.model_copy(update=json.loads(args.fusion_config))
             trainer = ScoterTrainer("sasrec-sid", splits, codes, out, train, fusion, reasoning, model_cfg,
                                     device="cpu", init_from=args.init_from)
             trainer.fit()
@@ -268,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         results[point] = json.loads(res_path.read_text())
         vectors[point] = dict(np.load(work / f"vectors_{point}.npz"))
     base = vectors.get("baseline")
+    loo = LeaveOneOut(ds)
+    user_groups = {"user length quartile (0 = shortest)": group_users_by_length(loo.sequence_lengths()),
+                   "target popularity quartile (0 = least popular)":
+                       group_items_by_popularity(loo.train_item_counts())[test_tgt]}
     if base is not None:
         for point, vec in vectors.items():
             if point == "baseline":
@@ -275,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             results[point]["vs_baseline"] = paired({k: vec[k] for k in ("recall@10", "ndcg@10")}, base)
             results[point]["h_absent_vs_baseline"] = paired(
                 {k: vec[f"{k}_h_absent"] for k in ("recall@10", "ndcg@10")}, base)
+            results[point]["vs_baseline_by_group"] = {  # paper Fig. 4: where a gain lands
+                name: {str(g): paired({"recall@10": vec["recall@10"][groups == g]},
+                                      {"recall@10": base["recall@10"][groups == g]})["recall@10"] for g in range(4)}
+                for name, groups in user_groups.items()}
     doc = {"label": args.label, **provenance(),
            "protocol": {"backbone": "sasrec-sid", "init_from": str(args.init_from), "train": train.model_dump(),
                         "teacher_users": args.teacher_users, "steps": STEPS,
