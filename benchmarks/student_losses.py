@@ -18,24 +18,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from benchmarks.harness import provenance, write_result
+from benchmarks.teacher_curve import item_steps, step_recall_at_10
 from offline.data.datasets import LeaveOneOut, load_benchmark
 from offline.reasoning.config import EncoderStudentConfig
-from offline.reasoning.encode import embed, history_vectors, item_embeddings, sentence_encoder
+from offline.reasoning.encode import history_vectors, item_embeddings, sentence_encoder
 from offline.reasoning.grounding import Grounding
 from offline.reasoning.students import EncoderStudent
 
 log = logging.getLogger("student_losses")
-
-
-def recall_at_10(pred: np.ndarray, steps: torch.Tensor, hist: np.ndarray, tgt: np.ndarray) -> dict[str, float]:
-    scores = F.normalize(torch.from_numpy(pred), dim=-1) @ steps.T  # column 0: padding
-    scores.scatter_(1, torch.from_numpy(hist), float("-inf"))
-    scores[:, 0] = float("-inf")
-    hit = (scores.topk(10, dim=1).indices.numpy() == tgt[:, None]).any(1).astype(float)
-    return {"recall@10": float(hit.mean()), "se": float(hit.std(ddof=1) / np.sqrt(len(hit)))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,11 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ds = load_benchmark(args.dataset)
     loo = LeaveOneOut(ds)
     items = item_embeddings(ds).astype(np.float32)
-    g = Grounding(ds)
-    step = embed([f"Item Recommendation: {g.item_line(i)}" for i in range(1, ds.n_items + 1)],
-                 encoder=sentence_encoder()).astype(np.float32)
-    step = np.concatenate([np.zeros((1, step.shape[1]), np.float32), step])
-    steps = F.normalize(torch.from_numpy(step), dim=-1)
+    step = item_steps(ds, Grounding(ds), sentence_encoder())
     rng = np.random.default_rng(1)
     test_h, test_t = loo.eval_examples("test")
     ev = rng.choice(len(test_t), min(args.test_users, len(test_t)), replace=False)
@@ -64,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return history_vectors([r[r > 0] for r in h], items, max_items=10, decay=0.8)
 
     p_test = pooled(test_h[ev])
-    runs: dict[str, Any] = {"untrained (history vector as the query)": recall_at_10(p_test, steps, test_h[ev], test_t[ev])}
+    runs: dict[str, Any] = {"untrained (history vector as the query)": step_recall_at_10(p_test, step, test_h[ev], test_t[ev])}
     train_h, train_t = loo.train_examples()
     losses = {"cosine + MSE": {"contrastive_weight": 0.0, "batch_size": 16},
               "InfoNCE": {"contrastive_weight": 1.0, "cos_weight": 0.0, "mse_weight": 0.0},
@@ -80,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             student.fit(None, target, pooled=x, log_every=0)
             pred = student.predict(None, pooled=p_test)[:, 0]
-            runs[f"{name}, {n} rows"] = {**recall_at_10(pred, steps, test_h[ev], test_t[ev]),
+            runs[f"{name}, {n} rows"] = {**step_recall_at_10(pred, step, test_h[ev], test_t[ev]),
                                          "fit_s": time.perf_counter() - t0, "config": cfg.model_dump()}
             log.info("%s, %d rows: %s", name, n, runs[f"{name}, {n} rows"]["recall@10"])
     write_result(args.out, {**provenance(), "dataset": ds.name, "test_users": len(ev), "runs": runs})

@@ -140,21 +140,32 @@ def build_h(ds: Any, work: Path, q: float | str, n_teacher: int, seed: int, item
     return folder, report
 
 
-def last_step_retrieval(ds: Any, folder: Path, item_step: np.ndarray) -> dict[str, float]:
-    """Test Recall@10 of the student's "Item Recommendation" step used alone as a retriever (nearest items by
-    cosine, history excluded): what the H can tell the fusion about the next item."""
-    H, _ = h_folder.read_split(folder, "test")
-    q = torch.nn.functional.normalize(torch.from_numpy(np.array(H[:, -1], np.float32)), dim=-1)
-    items = torch.nn.functional.normalize(torch.from_numpy(item_step), dim=-1)  # row 0: padding
-    hist, tgt = LeaveOneOut(ds).eval_examples("test")
+def item_steps(ds: Any, grounding: Grounding, encoder: Any) -> np.ndarray:
+    """Every item's "Item Recommendation: <item>" step vector [n_items + 1, D] (row 0: padding, zeros)."""
+    vecs = embed([f"Item Recommendation: {grounding.item_line(i)}" for i in range(1, ds.n_items + 1)], encoder=encoder)
+    return np.concatenate([np.zeros((1, vecs.shape[1]), np.float32), vecs.astype(np.float32)])
+
+
+def step_recall_at_10(queries: np.ndarray, item_step: np.ndarray, hist: np.ndarray,
+                      tgt: np.ndarray) -> dict[str, float]:
+    """Recall@10 of step vectors used alone as retrievers: nearest items by cosine, history excluded."""
+    q = torch.nn.functional.normalize(torch.from_numpy(np.asarray(queries, np.float32)), dim=-1)
+    items = torch.nn.functional.normalize(torch.from_numpy(item_step), dim=-1)
     hits = []
     for s in range(0, len(tgt), 2048):
-        sc = (q[s:s + 2048] @ items.T).scatter_(1, torch.from_numpy(hist[s:s + 2048]), float("-inf"))  # + column 0
-        sc[:, 0] = float("-inf")
-        top = sc.topk(10, dim=1).indices.numpy()
-        hits.append((top == tgt[s:s + 2048, None]).any(1))
+        sc = (q[s:s + 2048] @ items.T).scatter_(1, torch.from_numpy(hist[s:s + 2048]), float("-inf"))
+        sc[:, 0] = float("-inf")  # padding
+        hits.append((sc.topk(10, dim=1).indices.numpy() == tgt[s:s + 2048, None]).any(1))
     hit = np.concatenate(hits).astype(float)
     return {"recall@10": float(hit.mean()), "se": float(hit.std(ddof=1) / np.sqrt(len(hit))), "users": len(hit)}
+
+
+def last_step_retrieval(ds: Any, folder: Path, item_step: np.ndarray) -> dict[str, float]:
+    """Test Recall@10 of the student's "Item Recommendation" step alone: what the H can tell the fusion about
+    the next item."""
+    H, _ = h_folder.read_split(folder, "test")
+    hist, tgt = LeaveOneOut(ds).eval_examples("test")
+    return step_recall_at_10(H[:, -1], item_step, hist, tgt)
 
 
 def per_user(items: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
@@ -205,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     examples = [{"history": h.tolist(), "target": t} for h, t in
                 (corpus.oracle_example(ds.sequences[u]) for u in rows)]
     enc = sentence_encoder()
-    item_step = cached(work / "item_step.npy", lambda: np.concatenate([np.zeros((1, 384), np.float32), embed(
-        [f"Item Recommendation: {grounding.item_line(i)}" for i in range(1, ds.n_items + 1)], encoder=enc)]))
+    item_step = cached(work / "item_step.npy", lambda: item_steps(ds, grounding, enc))
 
     def prefix() -> np.ndarray:
         texts = [step_texts(grounding, e["history"]) for e in examples]

@@ -29,6 +29,10 @@ TRAIN_FLAGS: tuple[tuple[str, type], ...] = (
 _TRAIN_FIELD = {"threads": "num_threads", "time-budget": "time_budget_s"}
 
 
+NO_SUB_WINDOWS_HELP = ("all-position training: only each user's newest history window (default: every window, so "
+                       "the older targets of users longer than the window are trained too)")
+
+
 def add_train_flags(p: argparse.ArgumentParser, backbone: str | None = None) -> None:
     """`--epochs`, `--batch-size`, ... `--time-budget`: the TrainConfig overrides of TRAIN_FLAGS; `--help` names
     TrainConfig's default for each (that backbone's, when known)."""
@@ -43,8 +47,7 @@ def add_train_flags(p: argparse.ArgumentParser, backbone: str | None = None) -> 
         note = "" if backbone or flag != "batch-size" else ", per backbone"
         text = "stop training after this many seconds (a resumed run continues the budget)" if flag == "time-budget" else desc
         p.add_argument(f"--{flag}", type=typ, default=None, help=f"{text} (default: {shown}{note})".strip())
-    p.add_argument("--no-sub-windows", action="store_true", default=None,
-                   help="all-position models: train only each user's newest history window (default: every window)")
+    p.add_argument("--no-sub-windows", action="store_true", default=None, help=NO_SUB_WINDOWS_HELP)
     p.add_argument("--schedule", choices=["constant", "cosine"], default=None,
                    help="learning rate after warmup: constant, or cosine over the epochs or the --time-budget "
                         f"(default: {base.schedule})")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from offline.cli_common import add_data_args, data_config, get_or_add_subparsers
+from offline.cli_common import NO_SUB_WINDOWS_HELP, add_data_args, data_config, get_or_add_subparsers
 from scoter.io import describe_output
 from scoter.paths import artifacts_root
 
@@ -96,8 +96,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="stop training after this many seconds (a resumed run continues the budget)")
     sas.add_argument("--per-prefix", action="store_true",
                      help="one training row per history prefix instead of all positions of each user's sequence")
-    sas.add_argument("--no-sub-windows", action="store_true",
-                     help="train only each user's newest history window (the default also trains the older targets of "
-                          "users longer than the window)")
+    sas.add_argument("--no-sub-windows", action="store_true", help=NO_SUB_WINDOWS_HELP)
     sas.set_defaults(func=_train_sasrec)
     _help_with_defaults(sas)

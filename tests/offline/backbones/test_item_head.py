@@ -192,3 +192,21 @@ def test_trainer_learns_the_planted_pattern_with_sasrecs_encoder(tmp_path) -> No
 
     _, metrics = train_on_the_planted_pattern(tmp_path, "sasrec-sid", SasrecSidConfig.small().model_dump(), 40, 1e-2)
     assert metrics["recall@1"] > 0.6 and metrics["recall@5"] > 0.85, metrics
+
+
+def test_trainer_trains_every_window_unless_told_not_to(tmp_path) -> None:
+    """TrainConfig.sub_windows reaches the rows an epoch shuffles: with a 3-item window, long users add rows."""
+    ds = planted_dataset(20)
+    loo = LeaveOneOut(ds, max_len=3)
+    splits = Splits(ds, loo.train_examples(), loo.eval_examples("valid"), loo.eval_examples("test"))
+    codes = SemanticIds(codes=planted_codes(), codebook_sizes=SIZES)
+    rows = {}
+    for sub in (True, False):
+        cfg = TrainConfig(epochs=1, batch_size=8, beam=5, eval_users=10, sub_windows=sub)
+        trainer = Trainer("hstu", splits, codes, tmp_path / str(sub), cfg,
+                          HstuConfig.small(head="item", max_len=3).model_dump(), device="cpu")
+        inputs, targets = trainer.training_arrays()
+        np.testing.assert_array_equal(targets, loo.train_sequence_examples(sub_windows=sub)[1])
+        rows[sub] = len(inputs)
+    assert rows[False] == len(ds.user_ids) < rows[True]
+    assert int((loo.train_sequence_examples(sub_windows=True)[1] > 0).sum()) == len(splits.train[1])
