@@ -134,8 +134,8 @@ def stage_validate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.template_users:
         for name in args.templates.split(","):
             jobs.append((f"grounded+{name}", "grounded", load_template(name, out / "gvm")))
-    acc: dict[str, dict[str, Any]] = {k: {"scores": [], "cand": [], "ok": [], "seconds": 0.0, "tokens": 0,
-                                          "examples": []} for k, _, _ in jobs}
+    acc: dict[str, dict[str, Any]] = {k: {"scores": [], "cand": [], "scores@10": [], "cand@10": [], "ok": [],
+                                          "seconds": 0.0, "tokens": 0, "examples": []} for k, _, _ in jobs}
     t0 = time.perf_counter()
     for start in range(0, len(rows), args.chunk):
         if args.max_seconds and time.perf_counter() - t0 > args.max_seconds:
@@ -149,6 +149,8 @@ def stage_validate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             a = acc[key]
             a["scores"] += r["scores"]
             a["cand"] += r["candidate_scores"]
+            a["scores@10"] += r["rerank_scores"]  # GVMConfig.rerank_k, 10 by default
+            a["cand@10"] += r["candidate_rerank_scores"]
             a["ok"] += r["well_formed"]
             a["seconds"] += r["seconds"]
             a["tokens"] += r["generated_tokens"]
@@ -158,14 +160,27 @@ def stage_validate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             a = acc[key]
             m, se = mean_se(a["scores"])
             cm, cse = mean_se(a["cand"])
+            m10, se10 = mean_se(a["scores@10"])
+            cm10, cse10 = mean_se(a["cand@10"])
             res[key] = {"template": steps, "users": len(a["scores"]), "recall@20": m, "recall@20_se": se,
                         "candidates_recall@20": cm, "candidates_recall@20_se": cse,
+                        "recall@10": m10, "recall@10_se": se10, "candidates_recall@10": cm10,
+                        "candidates_recall@10_se": cse10, "paired_vs_candidates@10": paired_se(
+                            a["scores@10"], a["cand@10"]) if len(a["cand@10"]) == len(a["scores@10"]) else None,
                         "well_formed_rate": float(sum(a["ok"]) / max(len(a["ok"]), 1)), "seconds": a["seconds"],
                         "generated_tokens": a["tokens"], "examples": a["examples"]}
         write_json(out / "validate" / "progress.json", res)
         log.info("validate after %d users: %s", start + args.chunk, json.dumps(
             {k: (v["recall@20"], v["recall@20_se"], v["well_formed_rate"]) for k, v in res.items()}))
     return res
+
+
+def paired_se(a: list[float], b: list[float]) -> dict[str, float]:
+    """Mean of a - b over the same users, with its standard error."""
+    from offline.reasoning.gvm import mean_se
+
+    m, se = mean_se([x - y for x, y in zip(a, b, strict=True)])
+    return {"diff": m, "se": se}
 
 
 def stage_report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -193,6 +208,9 @@ def stage_report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "validate_recall@20_se": {k: v["recall@20_se"] for k, v in val.items()},
         "validate_well_formed_rate": {k: v["well_formed_rate"] for k, v in val.items()},
         "validate_candidates_recall@20": {k: v.get("candidates_recall@20") for k, v in val.items()},
+        "validate_recall@10": {k: v.get("recall@10") for k, v in val.items()},
+        "validate_candidates_recall@10": {k: v.get("candidates_recall@10") for k, v in val.items()},
+        "validate_paired_vs_candidates@10": {k: v.get("paired_vs_candidates@10") for k, v in val.items()},
         "validate_users": {k: v["users"] for k, v in val.items()},
         "wall_s": {"discover": (disc or {}).get("wall_s"), **((teach or {}).get("times", {})),
                    **{f"validate_{k}": v["seconds"] for k, v in val.items()}},

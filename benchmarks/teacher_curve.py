@@ -6,7 +6,9 @@ H for every user and split from the student only, then SCoTER fused onto the ser
 the same budget as the backbone continued without reasoning, both from the same starting weights.
 
 One more point, "oracle H upper bound", replaces the student's last step by the embedding of the row's own target
-(test H built from the test target itself): the most the fusion can extract, not a result.
+(test H built from the test target itself): the most the fusion can extract, not a result. Points "oracle@p" name
+the target with probability p (else a same-category wrong item) in every split: how the gain grows with what H
+knows beyond the history, which a student that reads only the history cannot know.
 
     python -m benchmarks.teacher_curve --init-from benchmarks/checkpoints/beauty_sasrec_sid.pt \\
         --codes benchmarks/checkpoints/beauty_semantic_ids_rqvae.npz --time-budget 480 \\
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.harness import provenance, write_result
+from benchmarks.harness import RESULTS, provenance, write_result
 from offline.backbones.config import TrainConfig
 from offline.backbones.train import BEST, Trainer
 from offline.data.datasets import LeaveOneOut
@@ -57,18 +59,21 @@ def step_texts(grounding: Grounding, history: list[int]) -> tuple[str, str]:
     return f"User Profile: {grounding.render_profile(history) or 'no profile'}", f"Recent Items: {recent}"
 
 
-def wrong_items(ds: Any, rng: np.random.Generator) -> np.ndarray:
-    """For every item, a random other item of the same leaf category (a random item when it is alone)."""
-    by_cat: dict[str, list[int]] = {}
-    for i, it in enumerate(ds.items, 1):
-        by_cat.setdefault(it.categories[-1] if it.categories else "", []).append(i)
-    out = np.zeros(ds.n_items + 1, np.int64)
-    for i, it in enumerate(ds.items, 1):
-        pool = by_cat[it.categories[-1] if it.categories else ""]
-        j = i
-        while j == i:
-            j = int(rng.choice(pool)) if len(pool) > 1 else int(rng.integers(1, ds.n_items + 1))
-        out[i] = j
+def wrong_items(ds: Any, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For every row's target, a random other item of its leaf category (a random item when it is alone), drawn
+    afresh per row: a fixed item-to-wrong-item map would let the fusion learn the map back to the target."""
+    cat = [it.categories[-1] if it.categories else "" for it in ds.items]
+    by_cat: dict[str, np.ndarray] = {}
+    for i, c in enumerate(cat, 1):
+        by_cat.setdefault(c, []).append(i)
+    by_cat = {c: np.asarray(v) for c, v in by_cat.items()}
+    out = np.empty(len(targets), np.int64)
+    for n, t in enumerate(np.asarray(targets, np.int64)):
+        pool = by_cat[cat[t - 1]]
+        j = int(t)
+        while j == t:
+            j = int(pool[rng.integers(len(pool))]) if len(pool) > 1 else int(rng.integers(1, ds.n_items + 1))
+        out[n] = j
     return out
 
 
@@ -88,29 +93,38 @@ def build_h(ds: Any, work: Path, q: float | str, n_teacher: int, seed: int, item
     if report_path.exists():
         return folder, json.loads(report_path.read_text())
     folder.mkdir(parents=True, exist_ok=True)
-    if q == "oracle":
+    if str(q).startswith("oracle"):
+        # "oracle": the last step names the row's own target; "oracle@p": it does with probability p, else a
+        # same-category wrong item, in every split: how the fusion's gain grows with what H knows
+        share = float(str(q).split("@", 1)[1]) if "@" in str(q) else 1.0
         src = build_h(ds, work, 1.0, n_teacher, seed, item_step, prefix_steps, examples)[0]
         loo = LeaveOneOut(ds)
+        rng = np.random.default_rng(seed + 7)
+
+        def named(t: np.ndarray) -> np.ndarray:
+            return np.where(rng.random(len(t)) < share, t, wrong_items(ds, t, rng))
+
         targets = {"train": np.array([s[-3] if len(s) >= 4 else s[0] for s in ds.sequences]),
                    "valid": np.array([s[-2] for s in ds.sequences]), "test": np.array([s[-1] for s in ds.sequences])}
         for split in h_folder.SPLITS:
             H, present = h_folder.read_split(src, split)
             H = np.array(H, np.float32)
-            H[:, -1] = item_step[targets[split]]  # the row's own target: an upper bound, never a result
+            H[:, -1] = item_step[named(targets[split])]  # from the row's own target: a bound, never a result
             h_folder.write_split(folder, split, H, present)
         ex = np.array(np.load(src / h_folder.TRAIN_EXAMPLES), np.float32)
-        ex[:, -1] = item_step[loo.train_examples()[1]]
+        ex[:, -1] = item_step[named(loo.train_examples()[1])]
         h_folder.write_train_examples(folder, ex.astype(np.float16))
         h_folder.write_user_ids(folder, ds.user_ids)
-        report = {"q": "oracle", "label": "oracle H upper bound (test H from the test target)"}
-        h_folder.write_meta(folder, {"source": f"{LABEL}: oracle H upper bound", "K": 3, "D": int(H.shape[2]),
-                                     "steps": STEPS})
+        what = "oracle H upper bound" if share == 1.0 else f"noisy oracle H (the target named with p={share})"
+        report = {"q": str(q), "label": f"{what} (test H from the test target)", "oracle_share": share,
+                  "h_last_step_test_recall@10": last_step_retrieval(ds, folder, item_step)}
+        h_folder.write_meta(folder, {"source": f"{LABEL}: {what}", "K": 3, "D": int(H.shape[2]), "steps": STEPS})
         report_path.write_text(json.dumps(report, indent=2))
         return folder, report
     rng = np.random.default_rng(seed + int(round(float(q) * 1000)))
-    wrong = wrong_items(ds, rng)
+    targets = np.array([e["target"] for e in examples])
     right = rng.random(len(examples)) < float(q)
-    named = np.array([e["target"] if r else wrong[e["target"]] for e, r in zip(examples, right, strict=True)])
+    named = np.where(right, targets, wrong_items(ds, targets, rng))
     target = np.concatenate([prefix_steps, item_step[named][:, None]], axis=1).astype(np.float32)  # [N, K, D]
     cfg = EncoderStudentConfig()
     torch.manual_seed(cfg.seed)
@@ -168,6 +182,21 @@ def last_step_retrieval(ds: Any, folder: Path, item_step: np.ndarray) -> dict[st
     return step_recall_at_10(H[:, -1], item_step, hist, tgt)
 
 
+def embedded_teacher_validate() -> dict[str, float]:
+    """Validate Recall@20 of the embedded teacher per prompt variant, as benchmarks/reasoning.py last measured
+    it (beauty_reasoning.json): where the real teachers sit on the q axis."""
+    path = RESULTS / "beauty_reasoning.json"
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    out = {f"{k} ({doc['validate_users'][k]} users)": v for k, v in doc.get("validate_recall@20", {}).items()
+           if v is not None and "+" not in k}
+    if doc.get("grounding_candidates_recall@20") is not None:
+        out[f"grounding candidates, no LLM ({doc['grounding_candidates_users']} users)"] = \
+            doc["grounding_candidates_recall@20"]
+    return out
+
+
 def per_user(items: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
     hits = items[:, :10] == targets[:, None]
     rank = np.where(hits.any(1), hits.argmax(1), 99)
@@ -189,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default="beauty")
     ap.add_argument("--codes", type=Path, required=True)
     ap.add_argument("--init-from", type=Path, required=True, help="the backbone both arms start from")
+    ap.add_argument("--backbone", choices=["sasrec-sid", "tiger", "hstu"], default="sasrec-sid",
+                    help="the --init-from checkpoint's kind (tiger: SCoTER-T)")
     ap.add_argument("--work", type=Path, default=Path("artifacts/beauty/teacher_curve"))
     ap.add_argument("--teacher-users", type=int, default=4000)
     ap.add_argument("--time-budget", type=float, default=None, help="training seconds per arm")
@@ -239,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         out = work / f"run_{point}"
         if point == "baseline":
-            trainer = Trainer("sasrec-sid", splits, codes, out, train, model_cfg, device="cpu", init_from=args.init_from)
+            trainer = Trainer(args.backbone, splits, codes, out, train, model_cfg, device="cpu", init_from=args.init_from)
             trainer.fit()
             trainer.model.load_state_dict(load_checkpoint(out / BEST)["model"])
             items, _ = trainer.model.recommend(test_hist, 20, beam=20)
@@ -251,16 +282,16 @@ def main(argv: list[str] | None = None) -> int:
                 report = {"source": json.loads((folder / h_folder.META).read_text()), "h_dir": str(folder),
                           "student_last_step_test_recall@10": last_step_retrieval(ds, folder, item_step)}
             else:
-                q: float | str = point if point == "oracle" else float(point)
+                q: float | str = point if point.startswith("oracle") else float(point)
                 folder, report = build_h(ds, work, q, args.teacher_users, args.seed, item_step, prefix_steps,
                                          examples)
             reasoning = h_folder.load_reasoning(folder, ds.user_ids)
-            run = ScoterRunConfig(backbone="sasrec-sid", dataset=args.dataset, codes_path=args.codes,
+            run = ScoterRunConfig(backbone=args.backbone, dataset=args.dataset, codes_path=args.codes,
                                   reasoning_dir=folder, backbone_config=model_cfg, train=train)
             fusion = run.fusion_config(reasoning.D, model_cfg.get("d_model", 64))
             if args.fusion_config:
                 fusion = fusion.model_copy(update=json.loads(args.fusion_config))
-            trainer = ScoterTrainer("sasrec-sid", splits, codes, out, train, fusion, reasoning, model_cfg,
+            trainer = ScoterTrainer(args.backbone, splits, codes, out, train, fusion, reasoning, model_cfg,
                                     device="cpu", init_from=args.init_from)
             trainer.fit()
             trainer.model.load_state_dict(load_checkpoint(out / BEST)["model"])
@@ -270,7 +301,16 @@ def main(argv: list[str] | None = None) -> int:
             vec.update({f"{k}_h_absent": v for k, v in per_user(items_absent, tgt).items()})
             results[point] = {"reasoning": report, "test": rank_metrics(items, tgt, (10, 20)),
                               "test_h_absent": rank_metrics(items_absent, tgt, (10, 20)), "epochs": trainer.epoch,
-                              "fusion": fusion.model_dump()}
+                              "fusion": trainer.fusion_cfg.model_dump()}
+            fused = trainer.model.fusion
+            if trainer.fusion_cfg.vote_items:  # the same weights with the vote off: the attention fusion alone
+                weight = float(fused.vote_weight)
+                fused.vote_weight.fill_(0.0)
+                items_nv, _ = trainer.rank("test")
+                fused.vote_weight.fill_(weight)
+                vec.update({f"{k}_no_vote": v for k, v in per_user(items_nv, tgt).items()})
+                results[point].update(test_no_vote=rank_metrics(items_nv, tgt, (10, 20)), vote_weight=weight,
+                                      vote_grid_valid_recall10=load_checkpoint(out / BEST).get("vote_grid"))
         results[point]["seconds"] = time.perf_counter() - t0
         np.savez(vec_path, **vec)
         res_path.write_text(json.dumps(results[point], indent=2))
@@ -290,19 +330,18 @@ def main(argv: list[str] | None = None) -> int:
             if point == "baseline":
                 continue
             results[point]["vs_baseline"] = paired({k: vec[k] for k in ("recall@10", "ndcg@10")}, base)
-            results[point]["h_absent_vs_baseline"] = paired(
-                {k: vec[f"{k}_h_absent"] for k in ("recall@10", "ndcg@10")}, base)
+            for variant in ("h_absent", "no_vote"):
+                if f"recall@10_{variant}" in vec:
+                    results[point][f"{variant}_vs_baseline"] = paired(
+                        {k: vec[f"{k}_{variant}"] for k in ("recall@10", "ndcg@10")}, base)
             results[point]["vs_baseline_by_group"] = {  # paper Fig. 4: where a gain lands
                 name: {str(g): paired({"recall@10": vec["recall@10"][groups == g]},
                                       {"recall@10": base["recall@10"][groups == g]})["recall@10"] for g in range(4)}
                 for name, groups in user_groups.items()}
     doc = {"label": args.label, **provenance(),
-           "protocol": {"backbone": "sasrec-sid", "init_from": str(args.init_from), "train": train.model_dump(),
+           "protocol": {"backbone": args.backbone, "init_from": str(args.init_from), "train": train.model_dump(),
                         "teacher_users": args.teacher_users, "steps": STEPS,
-                        # measured by benchmarks/reasoning.py --stage validate (beauty_reasoning.json)
-                        "embedded_teacher_validate_recall@20": {
-                            "plain (32 users)": 0.0, "grounded (32 users)": 0.0, "hindsight (32 users)": 0.031,
-                            "grounding candidates, no LLM (500 users)": 0.144},
+                        "embedded_teacher_validate_recall@20": embedded_teacher_validate(),
                         "wall_s": time.time() - started},
            "points": results}
     write_result(args.out, doc)
@@ -317,7 +356,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     pts = [(float(p), r) for p, r in doc["points"].items()
-           if p not in ("baseline", "oracle") and not p.startswith("h:") and "vs_baseline" in r]
+           if p != "baseline" and not p.startswith(("h:", "oracle")) and "vs_baseline" in r]
     if not pts:
         return
     pts.sort()

@@ -117,7 +117,9 @@ class GenerativeBackbone(nn.Module):
         against."""
         mem, mask = self.memory(history, reasoning, present)
         if self.head is not None:
-            return self.head.item_scores(mem[:, -1], self.item_table()).gather(1, items)
+            scores = self.head.item_scores(mem[:, -1], self.item_table())
+            vote = self.reasoning_vote(reasoning, present)
+            return (scores if vote is None else scores + vote).gather(1, items)
         B, C = items.shape
         mem = mem.repeat_interleave(C, dim=0)
         mask = mask.repeat_interleave(C, dim=0)
@@ -169,6 +171,15 @@ class GenerativeBackbone(nn.Module):
             self.__dict__["_trie_cache"] = trie  # plain attribute: not a submodule, not in state_dict
         return recommend(self, histories, k, trie, beam=max(beam, k), batch_size=batch_size,
                          exclude_history=exclude_history)
+
+    def reasoning_vote(self, reasoning: torch.Tensor | None, present: torch.Tensor | None) -> torch.Tensor | None:
+        """The fusion's score-level vote [B, n_items + 1] for H [B,K,D], or None (no fusion, no H, no table)."""
+        vote = getattr(self.fusion, "vote", None)
+        if vote is None or reasoning is None:
+            return None
+        if present is None:
+            present = torch.ones(reasoning.shape[0], dtype=torch.bool, device=reasoning.device)
+        return vote(reasoning, present)
 
     def aux_loss(
         self, targets: torch.Tensor, reasoning: torch.Tensor | None, present: torch.Tensor | None

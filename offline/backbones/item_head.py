@@ -123,6 +123,9 @@ def item_aware_beam_search(
     B = h.shape[0]
     device = h.device
     item_lp = head.item_log_probs(h, model.item_table())
+    vote = model.reasoning_vote(reasoning, present)  # the chain's recommendation step, where the fusion has one
+    if vote is not None:
+        item_lp = item_lp + vote
     if exclude is not None:  # column 0 (padding) is -inf already
         item_lp = item_lp.scatter(1, exclude, NEG_INF)
     shift = item_lp.max(dim=1, keepdim=True).values.clamp(min=-1e30)  # finite even if every item is excluded

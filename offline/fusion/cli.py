@@ -113,6 +113,7 @@ ABLATION_NAMES = (
     "single_vector",
     "mean",
     "last",
+    "no_vote",
 )
 
 

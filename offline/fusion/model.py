@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -38,6 +39,13 @@ class FusionConfig(BaseModel):
     contrastive_weight: float = Field(0.1, ge=0.0, description="lambda in L = L_rec + lambda * InfoNCE")
     temperature: float = Field(0.1, gt=0.0, description="tau of the InfoNCE loss")
     absent_rate: float = Field(0.2, ge=0.0, le=1.0, description="share of training rows whose H is dropped")
+    vote: bool = Field(True, description="the chain's last step (the recommendation) also votes for items: item "
+                       "score + w * cos(H_K, the item's text embedding), w tuned on validation after training "
+                       "(w = 0 when voting does not help, so the vote can only be neutral on validation)")
+    vote_items: int = Field(0, ge=0, description="rows of the vote's item-text table (n_items + 1, row 0 padding); "
+                            "set by the trainer when it attaches the table, 0 = no table")
+    vote_grid: tuple[float, ...] = Field((0.0, 1.0, 2.0, 4.0, 8.0, 16.0), min_length=1,
+                                         description="vote weights tried on validation")
 
     @model_validator(mode="after")
     def _attn_divisible(self) -> FusionConfig:
@@ -86,6 +94,7 @@ ABLATIONS: dict[str, dict[str, object]] = {
     "single_vector": {"step_mode": "single_vector"},
     "mean": {"step_mode": "mean"},
     "last": {"step_mode": "last"},
+    "no_vote": {"vote": False},
 }
 
 
@@ -106,6 +115,29 @@ class ReasoningFusion(nn.Module):
         self.gate = nn.Linear(2 * d, d)  # W_g, b_g, eq. 4
         self.norm = nn.LayerNorm(d)  # eq. 5
         self.dropout = nn.Dropout(config.dropout)
+        if config.vote_items:  # filled by set_item_text / the checkpoint; float16 halves the checkpoint's share
+            self.register_buffer("item_text", torch.zeros(config.vote_items, config.reasoning_dim, dtype=torch.float16))
+            self.register_buffer("vote_weight", torch.zeros(()))
+
+    # -- the recommendation step's vote (score-level) -----------------------------------------------------------
+    def set_item_text(self, table: torch.Tensor | np.ndarray) -> None:
+        """Item text embeddings [n_items, D] (row i-1 = item i, the space H's steps are encoded in), stored unit
+        length with a zero padding row."""
+        t = F.normalize(torch.as_tensor(np.asarray(table), dtype=torch.float32), dim=-1)
+        if t.shape != (self.config.vote_items - 1, self.config.reasoning_dim):
+            raise ValueError(f"item text: expected [{self.config.vote_items - 1}, {self.config.reasoning_dim}], got "
+                             f"{list(t.shape)}")
+        self.item_text.copy_(torch.cat([t.new_zeros(1, t.shape[1]), t]).to(self.item_text.dtype))
+
+    def vote(self, H: torch.Tensor, present: torch.Tensor) -> torch.Tensor | None:
+        """Additive item scores [B, n_items + 1] from H [B,K,D]: the vote weight times the cosine of the last step
+        to each item's text; zero for rows without H. None without an item table."""
+        if not self.config.vote_items:
+            return None
+        present = present.to(torch.bool)
+        q = F.normalize(H[:, -1].float(), dim=-1)
+        q = torch.where(present[:, None], q, torch.zeros((), dtype=q.dtype, device=q.device))  # NaN-safe
+        return self.vote_weight * (q @ self.item_text.float().T)
 
     # -- projection (precomputable per user; the service may store Z instead of H) -------------------------
     def project(self, H: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,9 @@ from offline.data.evaluation import rank_metrics, report_ks, subgroup_metrics, w
 from offline.data.splits import Splits
 from offline.fusion.model import FusionConfig, ReasoningFusion
 from offline.semantic_ids.codes import SemanticIds
-from offline.training_utils import load_checkpoint
+from offline.training_utils import load_checkpoint, save_checkpoint
 from scoter.h_folder import SPLITS, ReasoningArrays
+from scoter.io import describe_output
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,11 @@ class ScoterTrainer(Trainer):
         model_cfg: dict[str, Any] | None = None,
         device: str = "auto",
         init_from: Path | None = None,
+        item_text: np.ndarray | None = None,
     ) -> None:
-        self.fusion_cfg, self.reasoning = fusion_cfg, reasoning
+        """``item_text`` [n_items, D]: the catalogue's text embeddings in H's step space, which the vote scores
+        items by; None = the packaged sentence encoder's catalogue embeddings when their width is H's D."""
+        self.fusion_cfg, self.reasoning, self._item_text = fusion_cfg, reasoning, item_text
         n_users = splits.dataset.n_users
         for s in SPLITS:
             if reasoning.H[s].shape[0] != n_users:
@@ -96,9 +100,55 @@ class ScoterTrainer(Trainer):
             raise ValueError(
                 f"fusion.d_item: {self.fusion_cfg.d_item} but the {self.backbone} encoder width is {d}"
             )
+        table = self._vote_table()
+        if table is not None:
+            self.fusion_cfg = self.fusion_cfg.model_copy(update={"vote_items": len(table) + 1})
         self.model.fusion = ReasoningFusion(self.fusion_cfg).to(self.device)
+        if table is not None:
+            self.model.fusion.set_item_text(table)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self._fusion_ready = True
+
+    def _vote_table(self) -> np.ndarray | None:
+        """The vote's item texts, or None where there is no vote (switched off, or a model without the item-aware
+        head, whose code decoder has no per-item score to add to)."""
+        if not self.fusion_cfg.vote or self.model.head is None:
+            return None
+        if self._item_text is not None:
+            return np.asarray(self._item_text, np.float32)
+        from offline.reasoning.encode import embedding_dim, item_embeddings, sentence_encoder
+
+        if embedding_dim(sentence_encoder()) != self.fusion_cfg.reasoning_dim:
+            log.warning("vote: H has D=%d but the catalogue encoder gives %d; training without the vote",
+                        self.fusion_cfg.reasoning_dim, embedding_dim(sentence_encoder()))
+            return None
+        return item_embeddings(self.splits.dataset)
+
+    def fit(self) -> None:
+        """Train (the base loop), then tune the vote's weight on validation with the best weights."""
+        super().fit()
+        if self.fusion_cfg.vote_items and self.dist.is_main:
+            self.tune_vote()
+
+    def tune_vote(self) -> dict[float, float]:
+        """Validation Recall@10 (early stopping's users, H present) for each weight of ``vote_grid`` with the best
+        weights; the best weight (ties: the smaller) goes into best.pt. Done once per run."""
+        best = self.out / BEST
+        state = load_checkpoint(best) if best.exists() else self.best_state()
+        if "vote_grid" in state:
+            return state["vote_grid"]
+        self.model.load_state_dict(state["model"])
+        grid: dict[float, float] = {}
+        for w in self.fusion_cfg.vote_grid:
+            self.model.fusion.vote_weight.fill_(w)
+            items, tgt = self.rank("valid", self.valid_subset)
+            grid[float(w)] = rank_metrics(items, tgt, (10,))["recall@10"]
+        chosen = max(grid, key=lambda w: (grid[w], -w))
+        self.model.fusion.vote_weight.fill_(chosen)
+        save_checkpoint(best, {**state, "model": self.model.state_dict(), "vote_grid": grid})
+        log.info("vote: validation Recall@10 by weight %s -> weight %g; wrote %s", json.dumps(grid), chosen,
+                 describe_output(best))
+        return grid
 
     def _resume(self) -> None:
         self._attach_fusion()

@@ -111,6 +111,9 @@ class GVMConfig(BaseModel):
     history_items: int = Field(10, ge=1, description="most recent items shown in the prompt")
     dedup_threshold: float = Field(0.85, gt=0, le=1, description="cosine above which paths are near duplicates")
     recall_k: int = 20
+    rerank_k: int = Field(10, ge=1, description="Validate also scores the answer's first rerank_k items against "
+                          "the candidate list's own first rerank_k: whether the model orders better than "
+                          "co-occurrence")
     k_candidates: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
     exemplars: int = Field(10, ge=1, description="chains nearest the centroid given to the template prompt")
     min_steps: int = 2

@@ -70,7 +70,8 @@ def teacher_chains(llm: LLM, dataset: Any, steps: Sequence[str], rows: Sequence[
     chats = [_chat(dataset, steps, ex, cfg, g) for ex in examples]
     if cfg.teacher_mode == "structured":
         params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.free_max_tokens,
-                                seed=cfg.seed, grammar=grammars.numbered_steps(len(steps), step_chars=cfg.step_chars),
+                                seed=cfg.seed, grammar=grammars.numbered_steps(len(steps), step_chars=cfg.step_chars,
+                                                                names=steps),
                                 line_max_tokens=cfg.step_max_tokens, repetition_penalty=cfg.repetition_penalty)
         raw: list[str] = []
         for s in range(0, len(chats), cfg.chunk_rows):

@@ -83,9 +83,12 @@ def chain(steps: Sequence[str], *, step_chars: int = 200, min_chars: int = 12) -
     return f"root ::= {body}\ntext ::= {WORD} ({TEXT_CHAR}){{{min_chars},{step_chars}}}\n"
 
 
-def numbered_steps(k: int, *, step_chars: int = 80, min_chars: int = 12) -> str:
-    """K numbered lines "1. text" .. "K. text": one line per template step, in order. Cheaper than repeating
-    each step's name in the answer (every forced token is a decode step); the names are in the prompt and
-    `parsing.numbered_lines` + `prompts.format_chain` rebuild the '**step:** text' chain."""
-    body = " ".join(f'{_lit(("" if j == 1 else chr(10)) + f"{j}. ")} text' for j in range(1, k + 1))
+def numbered_steps(k: int, *, step_chars: int = 80, min_chars: int = 12, names: Sequence[str] | None = None) -> str:
+    """K numbered lines "1. text" .. "K. text": one line per template step, in order; `parsing.numbered_lines` +
+    `prompts.format_chain` rebuild the '**step:** text' chain. With `names` each line opens with its step's name
+    ("1. User Profile Summary: text"): a small model left to itself writes the name as the step's whole text."""
+    if names is not None and len(names) != k:
+        raise ValueError(f"names: {len(names)} step names for k={k}")
+    heads = [f"{j}. " + (f"{names[j - 1]}: " if names else "") for j in range(1, k + 1)]
+    body = " ".join(f'{_lit(("" if j == 1 else chr(10)) + h)} text' for j, h in enumerate(heads, 1))
     return f"root ::= {body}\ntext ::= {WORD} ({TEXT_CHAR}){{{min_chars},{step_chars}}}\n"

@@ -259,10 +259,14 @@ def validate_variant(cfg: GVMConfig, llm: LLM, dataset: Any, *, rows: Sequence[i
     outputs = structured_generate(llm, examples, cfg, cfg.seed, fixed_path)
     gen_s = time.perf_counter() - t0
     parsed = [parse_gvm_output(o, min_steps=1 if fixed_path else cfg.min_steps) for o in outputs]
-    scores = [_score(p, ex, items, embed, cfg.recall_k) if p.error is None else 0.0
-              for p, ex in zip(parsed, examples, strict=True)]
+    lists = [recommended_items(p.recommendations, ex.get("candidates"), items, embed, cfg.recall_k)
+             if p.error is None else [] for p, ex in zip(parsed, examples, strict=True)]
+    scores = [float(ex["target"] in r) for r, ex in zip(lists, examples, strict=True)]
+    top = min(cfg.rerank_k, cfg.recall_k)
+    scores_top = [float(ex["target"] in r[:top]) for r, ex in zip(lists, examples, strict=True)]
     mean, se = mean_se(scores)
     cand = [float(ex["target"] in ex["candidates"][: cfg.recall_k]) for ex in examples if ex["candidates"]]
+    cand_top = [float(ex["target"] in ex["candidates"][:top]) for ex in examples if ex["candidates"]]
     cmean, cse = mean_se(cand)
     ok = sum(p.error is None for p in parsed)
     return {"variant": cfg.variant, "template": list(fixed_path) if fixed_path else None, "users": len(rows),
@@ -271,7 +275,9 @@ def validate_variant(cfg: GVMConfig, llm: LLM, dataset: Any, *, rows: Sequence[i
             "recall@20": mean, "recall@20_se": se,
             "candidates_recall@20": cmean, "candidates_recall@20_se": cse,
             "generated_tokens": getattr(llm, "generated_tokens", 0) - tok0, "scores": scores,
-            "candidate_scores": cand, "well_formed": [p.error is None for p in parsed],
+            "candidate_scores": cand, "rerank_k": top, "rerank_scores": scores_top,
+            "candidate_rerank_scores": cand_top,
+            "well_formed": [p.error is None for p in parsed],
             "generate_s": round(gen_s, 1), "seconds": round(time.perf_counter() - t0, 1),
             "examples": [{"user": ex["user"], "target": ex["target"], "answer": o}
                          for ex, o in list(zip(examples, outputs, strict=True))[:3]]}

@@ -111,6 +111,22 @@ def test_hstu_backbone_exports_with_parity(tmp_path, backbone):
     assert report["passed"], report
 
 
+@pytest.mark.slow
+def test_the_vote_is_traced_into_the_graph_with_parity(tmp_path):
+    """The recommendation step's vote (item scores + w * cos(H_K, item text)) is part of the exported graph:
+    ORT agrees with PyTorch, and the vote changes the lists."""
+    torch.set_num_threads(1)
+    src, data = train_tiny("sasrec-sid", steps=5, vote_weight=20.0)
+    export_bundle(src, tmp_path / "vote", ExportConfig(model_id="tiny-vote", fp16=False, int8=False))
+    report = verify_bundle(src.module, tmp_path / "vote", _feeds(data), VerifyConfig(variants=("fp32",)))
+    assert report["passed"], report
+    feeds = _feeds(data)
+    voted, _ = run_torch(src.module, feeds, 64)
+    src.module.model.fusion.vote_weight.fill_(0.0)
+    plain, _ = run_torch(src.module, feeds, 64)
+    assert (np.asarray(voted) != np.asarray(plain)).any()
+
+
 def test_inconsistent_source_is_refused_before_tracing(trained, tmp_path):
     src, _ = trained
     bad = type(src)(**{**src.__dict__, "item_ids": src.item_ids[:-1]})

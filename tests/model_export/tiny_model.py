@@ -41,7 +41,9 @@ def synthetic_users(n_users: int, n_items: int, max_len: int, k: int, d: int, se
 
 
 def train_tiny(backbone: str = "tiger", n_items: int = 300, codebook_sizes: tuple[int, ...] = (8, 8, 8, 2),
-               k: int = 3, d: int = 16, beam: int = 20, steps: int = 20, seed: int = 0) -> tuple[RankingSource, dict]:
+               k: int = 3, d: int = 16, beam: int = 20, steps: int = 20, seed: int = 0,
+               vote_weight: float = 0.0) -> tuple[RankingSource, dict]:
+    """``vote_weight`` > 0: the fusion also carries the recommendation step's vote over random item texts."""
     from offline.backbones import HstuConfig, HstuModel, RankingModule, TigerConfig, TigerModel, TrieTensors
     from offline.fusion.model import FusionConfig, ReasoningFusion
     from offline.semantic_ids.trie import PrefixTrie
@@ -60,7 +62,12 @@ def train_tiny(backbone: str = "tiger", n_items: int = 300, codebook_sizes: tupl
     else:
         model = HstuModel(HstuConfig.small(), codes, sizes)
     d_item = model.config.d_model
-    model.fusion = ReasoningFusion(FusionConfig(reasoning_dim=d, d_item=d_item, heads=2, max_steps=k, dropout=0.0))
+    vote_items = n_items + 1 if vote_weight else 0
+    model.fusion = ReasoningFusion(FusionConfig(reasoning_dim=d, d_item=d_item, heads=2, max_steps=k, dropout=0.0,
+                                                vote_items=vote_items))
+    if vote_weight:
+        model.fusion.set_item_text(torch.randn(n_items, d))
+        model.fusion.vote_weight.fill_(vote_weight)
     data = synthetic_users(64, n_items, model.config.max_len, k, d, seed)
     tensors = [torch.from_numpy(data[key]) for key in ("history", "target", "reasoning", "reasoning_present")]
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

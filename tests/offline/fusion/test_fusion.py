@@ -533,3 +533,89 @@ def test_scoter_trainer_trains_all_positions_with_each_prefix_h(tmp_path) -> Non
     per_position = [H for H in seen if H.dim() == 4]  # training batches; validation passes one H per user
     assert trainer.epoch == 1 and len(per_position) == -(-len(inputs) // 8)
     assert all(H.shape[1] == inputs.shape[1] for H in per_position)
+
+
+# -- the recommendation step's vote ----------------------------------------------------------------------------
+def _voting_fusion(n_items: int = 23, D: int = 16, d_item: int = 24, weight: float = 2.0, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    table = torch.randn(n_items, D, generator=g)
+    fusion = ReasoningFusion(FusionConfig.small(reasoning_dim=D, d_item=d_item, vote_items=n_items + 1))
+    fusion.set_item_text(table)
+    fusion.vote_weight.fill_(weight)
+    return fusion, table
+
+
+def test_vote_is_the_weighted_cosine_of_the_last_step_and_zero_without_h() -> None:
+    fusion, table = _voting_fusion()
+    H = torch.randn(3, 4, 16)
+    H[1] = float("nan")  # an absent row's garbage never leaks
+    present = torch.tensor([True, False, True])
+    vote = fusion.vote(H, present)
+    want = 2.0 * torch.nn.functional.normalize(H[:, -1], dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
+    torch.testing.assert_close(vote[[0, 2], 1:], want[[0, 2]], atol=2e-3, rtol=2e-3)  # float16 table
+    assert (vote[1] == 0).all() and (vote[:, 0] == 0).all()  # absent row; padding column
+    fusion.vote_weight.fill_(0.0)
+    assert (fusion.vote(H, present) == 0).all()
+    with pytest.raises(ValueError, match="item text"):
+        fusion.set_item_text(torch.randn(5, 16))
+    assert ReasoningFusion(FusionConfig.small()).vote(H, present) is None  # no table, no vote
+
+
+def test_beam_with_the_vote_equals_exhaustive_scoring_with_it() -> None:
+    import numpy as np
+
+    from offline.backbones.beam_search import TrieTensors, constrained_beam_search
+    from offline.backbones.sasrec_sid import SasrecSidConfig, SasrecSidModel
+    from offline.semantic_ids.codes import SemanticIds
+
+    rng = np.random.default_rng(1)
+    raw = np.stack([np.arange(23) // 5, np.arange(23) % 5], 1)
+    codes = SemanticIds.from_raw(raw, 5)
+    model = SasrecSidModel(SasrecSidConfig.small(), codes.codes, codes.codebook_sizes).eval()
+    model.fusion, _ = _voting_fusion(weight=5.0, d_item=model.config.d_model)
+    model.fusion.eval()
+    history = torch.as_tensor(rng.integers(0, 24, size=(4, 6)))
+    H = torch.randn(4, 3, 16, generator=torch.Generator().manual_seed(3))
+    present = torch.tensor([True, True, False, True])
+    trie = TrieTensors.for_model(model)
+    with torch.no_grad():
+        items, scores = constrained_beam_search(model, history, trie, 30, 23, H, present, exclude_history=False)
+        all_items = torch.arange(1, 24).repeat(4, 1)
+        ref = model.sequence_log_prob(history, all_items, H, present)
+        plain = model.sequence_log_prob(history, all_items)
+    order = np.stack([np.lexsort((np.arange(1, 24), -row)) for row in ref.numpy()])
+    np.testing.assert_array_equal(items[:, :23].numpy(), order + 1)
+    np.testing.assert_allclose(scores[:, :23].numpy(), np.take_along_axis(ref.numpy(), order, 1), rtol=1e-4,
+                               atol=1e-4)
+    assert not torch.allclose(ref[0], plain[0])  # the vote moved the scores of a row with H ...
+    # ... and only through the vote: a row without H keeps its scores up to the fusion (absent = backbone)
+    torch.testing.assert_close(ref[2], plain[2])
+
+
+def test_scoter_trainer_tunes_the_vote_on_validation_and_saves_it(tmp_path) -> None:
+    """H's last step is the target's text vector (planted, as in _planted_reasoning), so voting helps: the tuned
+    weight is positive, validation Recall@10 at it is the grid's best, and best.pt carries it."""
+    from offline.backbones.config import TrainConfig
+    from offline.backbones.sasrec_sid import SasrecSidConfig
+    from offline.fusion.checkpoint import load_ranking_model
+    from offline.fusion.train import ScoterTrainer
+    from offline.training_utils import load_checkpoint
+
+    ds, splits, codes = _tiny_world()
+    reasoning = _planted_reasoning(ds)
+    import numpy as np
+
+    table = np.random.default_rng(1).normal(size=(ds.n_items + 1, 16)).astype(np.float32)[1:]  # = the code
+    model_cfg = SasrecSidConfig.small().model_dump()
+    fcfg = FusionConfig.small(reasoning_dim=16, d_item=model_cfg["d_model"], heads=4, vote_grid=(0.0, 4.0, 16.0))
+    tcfg = TrainConfig(epochs=1, batch_size=64, lr=3e-3, warmup_steps=0, beam=10, eval_users=0, patience=5)
+    trainer = ScoterTrainer("sasrec-sid", splits, codes, tmp_path, tcfg, fcfg, reasoning, model_cfg, device="cpu",
+                            item_text=table)
+    trainer.fit()
+    state = load_checkpoint(tmp_path / "best.pt")
+    grid = state["vote_grid"]
+    chosen = float(state["model"]["fusion.vote_weight"])
+    assert chosen > 0 and grid[chosen] == max(grid.values()) and grid[chosen] > grid[0.0]
+    model = load_ranking_model(tmp_path / "best.pt", codes)
+    assert float(model.fusion.vote_weight) == chosen
+    assert trainer.tune_vote() == grid  # once per run: a second call reads it back

@@ -62,6 +62,24 @@ def test_line_cap_ends_each_step_and_numbered_lines_parse(local_llm) -> None:
         assert len(tok(line, add_special_tokens=False)["input_ids"]) <= 6 + 3
 
 
+def test_named_steps_open_each_line_with_its_step_and_the_chain_keeps_only_the_text(local_llm) -> None:
+    """The teacher's grammar writes each step's name itself, so the model's own text follows it; the chain parsed
+    back holds the text without the name (a step that only repeats its name would be rejected)."""
+    from offline.reasoning.parsing import split_chain
+    from offline.reasoning.prompts import format_chain
+
+    steps = ["User Profile Summary", "Item Recommendation"]
+    chat = [SYSTEM, {"role": "user", "content": "Summarise a nail-polish buyer, then recommend one product."}]
+    params = SamplingParams(temperature=0.0, max_tokens=60, line_max_tokens=12,
+                            grammar=grammars.numbered_steps(2, step_chars=80, names=steps))
+    text = local_llm.generate([chat], params)[0]
+    assert [line.split(": ", 1)[0] for line in text.splitlines()] == ["1. User Profile Summary", "2. Item Recommendation"]
+    parts = split_chain(format_chain(steps, numbered_lines(text, 2)), steps)
+    assert parts is not None and not any(p.lower().startswith(s.lower()) for p, s in zip(parts, steps, strict=True))
+    with pytest.raises(ValueError, match="names"):
+        grammars.numbered_steps(3, names=steps)
+
+
 def test_hf_engine_rejects_a_grammar(local_llm) -> None:
     ref = LocalLLM(LocalLLMConfig(engine="hf"), model=local_llm._model, tokenizer=local_llm._tok)
     with pytest.raises(ValueError, match="grammar"):

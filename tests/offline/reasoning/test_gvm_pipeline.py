@@ -115,3 +115,39 @@ def test_structured_gvm_with_the_real_model_is_well_formed_and_mines_a_template(
     assert 2 <= len(report["template"]) <= 3
     chains = json.loads((tmp_path / "chains.json").read_text())
     assert all(c["candidates"] and len(c["candidates"]) <= 3 for c in chains)
+
+
+def test_validate_variant_scores_the_answer_order_against_the_candidates_order(tiny_dataset) -> None:
+    """Validate reports, beside Recall@k, the answer's first rerank_k items against the candidate list's first
+    rerank_k on the same users. The scripted teacher (a stand-in for a large model) lists the candidates in
+    reverse, so its short list and the co-occurrence order's short list differ by construction."""
+    from offline.reasoning.encode import embed, item_embeddings
+    from offline.reasoning.grounding import Grounding
+    from offline.reasoning.gvm import validate_variant, variant_examples
+
+    cfg = GVMConfig(variant="grounded", candidates=4, recall_k=4, rerank_k=2)
+
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: dict) -> dict:
+        n = len(re.findall(r"^\d+\. \(#", body["messages"][-1]["content"], flags=re.M))
+        refs = ", ".join(str(k) for k in range(n, 0, -1))
+        text = (f"<cot_path>\nReview history -> Item Recommendation\n</cot_path>\n<reason>\nreverse order\n"
+                f"</reason>\n<recommendations>\n{refs}\n</recommendations>")
+        return {"choices": [{"message": {"role": "assistant", "content": text}}]}
+
+    rows = list(range(len(tiny_dataset.sequences)))
+    g = Grounding(tiny_dataset)
+    with serve(app) as url:
+        res = validate_variant(cfg, HttpLLM(HttpLLMConfig(base_url=url)), tiny_dataset, rows=rows, grounding=g,
+                               embed=embed, item_emb=item_embeddings(tiny_dataset))
+    examples = variant_examples(cfg, tiny_dataset, rows, g)
+    assert res["well_formed_rate"] == 1.0 and res["rerank_k"] == 2
+    for ex, s, s_top, c_top in zip(examples, res["scores"], res["rerank_scores"], res["candidate_rerank_scores"],
+                                   strict=True):
+        cands = ex["candidates"]
+        assert s == float(ex["target"] in cands)  # every candidate listed: Recall@k is the candidates'
+        assert s_top == float(ex["target"] in cands[::-1][:2])  # the answer's own first two
+        assert c_top == float(ex["target"] in cands[:2])  # co-occurrence's first two
+    assert res["rerank_scores"] != res["candidate_rerank_scores"]  # the two orders differ on these users
