@@ -193,7 +193,7 @@ def stage_report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     speed, disc, teach, val = load("speed"), load("discover"), load("teacher"), load("validate")
     if val is None and (out / "validate" / "progress.json").exists():
         val = read_json(out / "validate" / "progress.json")
-    val = {k: v for k, v in (val or {}).items() if k not in ("stage", "command", "stage_wall_s")}
+    val = {k: v for k, v in (val or {}).items() if isinstance(v, dict)}  # one entry per variant
     tr = (teach or {}).get("teacher", {})
     return {
         **_candidate_reference(args),
