@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.harness import RESULTS, provenance, write_result
+from benchmarks.teacher_curve import draw_gains
 from offline.fusion.model import FusionConfig
 
 METRICS = ("recall@10", "ndcg@10")
@@ -32,7 +33,7 @@ METRICS = ("recall@10", "ndcg@10")
 def fusion_changes(fusion: dict[str, Any]) -> dict[str, Any]:
     """The fields a point's fusion config sets away from the SASRec-SID run's defaults."""
     ref = FusionConfig(reasoning_dim=fusion["reasoning_dim"], d_item=fusion["d_item"], heads=fusion["heads"])
-    return {k: v for k, v in fusion.items() if ref.model_dump().get(k) != v and k != "vote_items"}
+    return {k: v for k, v in fusion.items() if ref.model_dump(mode="json").get(k) != v and k != "vote_items"}
 
 
 def seed_row(doc: dict[str, Any], point: str) -> dict[str, Any]:
@@ -92,12 +93,6 @@ def lambda_points(doc: dict[str, Any], point: str) -> list[tuple[float, dict[str
     return sorted(pts, key=lambda t: t[0])
 
 
-def _rel_se(p: dict[str, Any], m: str) -> tuple[float, float]:
-    v = p["vs_baseline"][m]
-    base = p["test"][m] - v["diff"]
-    return 100 * v["relative"], 100 * v["se"] / base
-
-
 def plot_lambda(doc: dict[str, Any], point: str, path: Path) -> None:
     import matplotlib
 
@@ -108,15 +103,10 @@ def plot_lambda(doc: dict[str, Any], point: str, path: Path) -> None:
     if len(pts) < 2:
         return
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
-    for m, style in zip(METRICS, ("o-", "s--"), strict=True):
-        vals = [_rel_se(p, m) for _, p in pts]
-        ax.errorbar([x for x, _ in pts], [v for v, _ in vals], yerr=[2 * s for _, s in vals], fmt=style,
-                    capsize=3, label=f"{m} (±2 SE)")
-    ax.set_xscale("symlog", linthresh=0.02)
-    ax.axhline(0, color="black", lw=0.5)
+    draw_gains(ax, [(i, p) for i, (_, p) in enumerate(pts)])  # evenly spaced: the values span 0 and 0.02-0.5
+    ax.set_xticks(range(len(pts)), [f"{x:g}" for x, _ in pts])
     ax.set_xlabel("lambda (contrastive weight)")
-    ax.set_ylabel("SCoTER gain over the equal-compute backbone, %")
-    ax.set_title(f"lambda sweep, {doc['label']}", fontsize=8)
+    ax.set_title("SCoTER gain by lambda (Beauty test, real H, seed 0)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -145,7 +135,7 @@ def plot_robustness(rows: list[dict[str, Any]], label: str, path: Path) -> None:
         ax.set_xlabel("quartile")
     np.atleast_1d(axes)[0].set_ylabel("relative Recall@10 gain, %")
     np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.suptitle(f"SCoTER gain by group, {label}", fontsize=8)
+    fig.suptitle(f"SCoTER gain by group, {label}", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

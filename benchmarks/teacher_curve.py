@@ -349,6 +349,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def draw_gains(ax: Any, pts: list[tuple[float, dict[str, Any]]]) -> None:
+    """Relative Recall@10 and NDCG@10 gain over the backbone (±2 SE) of (x, point result) pairs."""
+    for metric, style in (("recall@10", "o-"), ("ndcg@10", "s--")):
+        rel = [100 * r["vs_baseline"][metric]["relative"] for _, r in pts]
+        se = [100 * r["vs_baseline"][metric]["se"] / (r["test"][metric] - r["vs_baseline"][metric]["diff"])
+              for _, r in pts]
+        ax.errorbar([x for x, _ in pts], rel, yerr=[2 * s for s in se], fmt=style, capsize=3,
+                    label=f"{metric} (±2 SE)")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_ylabel("SCoTER gain over the equal-compute backbone, %")
+
+
 def plot(doc: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -361,12 +373,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         return
     pts.sort()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    qs = [q for q, _ in pts]
-    for metric, style in (("recall@10", "o-"), ("ndcg@10", "s--")):
-        rel = [100 * r["vs_baseline"][metric]["relative"] for _, r in pts]
-        se = [100 * r["vs_baseline"][metric]["se"] / (r["test"][metric] - r["vs_baseline"][metric]["diff"])
-              for _, r in pts]
-        ax.errorbar(qs, rel, yerr=[2 * s for s in se], fmt=style, capsize=3, label=f"{metric} (±2 SE)")
+    draw_gains(ax, pts)
     oracle = doc["points"].get("oracle", {}).get("vs_baseline")
     if oracle:  # off the curve's scale: written, not drawn
         ax.text(0.98, 0.03, f"oracle H upper bound: recall@10 {100 * oracle['recall@10']['relative']:+.0f}%",
@@ -375,9 +382,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
         ax.axvline(x, color="tab:red", alpha=0.3, lw=1)
         ax.annotate(name.split(" (")[0], (x, ax.get_ylim()[0]), rotation=90, fontsize=7, color="tab:red",
                     va="bottom")
-    ax.axhline(0, color="black", lw=0.5)
     ax.set_xlabel("q = share of chains naming the true next item (= teacher Validate Recall@20)")
-    ax.set_ylabel("SCoTER gain over the equal-compute backbone, %")
     ax.set_title(f"{doc['label']}: SCoTER gain vs teacher quality (Beauty test)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -41,7 +41,7 @@ class FusionConfig(BaseModel):
     absent_rate: float = Field(0.2, ge=0.0, le=1.0, description="share of training rows whose H is dropped")
     vote: bool = Field(True, description="the chain's last step (the recommendation) also votes for items: item "
                        "score + w * cos(H_K, the item's text embedding), w tuned on validation after training "
-                       "(w = 0 when voting does not help, so the vote can only be neutral on validation)")
+                       "(the grid holds 0, so on validation the vote never scores below the fusion alone)")
     vote_items: int = Field(0, ge=0, description="rows of the vote's item-text table (n_items + 1, row 0 padding); "
                             "set by the trainer when it attaches the table, 0 = no table")
     vote_grid: tuple[float, ...] = Field((0.0, 1.0, 2.0, 4.0, 8.0, 16.0), min_length=1,

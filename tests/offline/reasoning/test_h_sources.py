@@ -61,3 +61,14 @@ def test_facts_chain_is_made_of_the_history_and_its_top_candidate(tiny_dataset) 
     assert chain[1] == "; ".join(g.item_line(i) for i in history)
     assert chain[2] == g.item_line(top)
     assert len(facts_chain(g, history, 5)) == 5  # middle steps repeat the recent items
+
+
+def test_the_simulated_wrong_item_is_drawn_per_row_within_the_category(tiny_dataset) -> None:
+    """A fixed item-to-wrong-item map would let the fusion learn the way back to the true item."""
+    from benchmarks.teacher_curve import wrong_items
+
+    targets = np.full(200, 3)
+    wrong = wrong_items(tiny_dataset, targets, np.random.default_rng(0))
+    assert (wrong != 3).all() and len(set(wrong.tolist())) > 3  # many different wrong items for one target
+    cat = {i: it.categories[-1] for i, it in enumerate(tiny_dataset.items, 1)}
+    assert all(cat[int(w)] == cat[3] for w in wrong)
