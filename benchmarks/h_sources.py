@@ -31,6 +31,7 @@ from offline.reasoning.config import EncoderStudentConfig
 from offline.reasoning.encode import sentence_encoder
 from offline.reasoning.grounding import Grounding
 from offline.reasoning.students import EncoderStudent
+from offline.training_utils import load_checkpoint
 from scoter import h_folder
 from scoter.io import read_json
 
@@ -87,7 +88,7 @@ def constant(real: Path, out: Path) -> None:
 
 def student_h(ds: Any, real: Path, out: Path, k: int, records: list[dict[str, Any]] | None, source: str) -> dict:
     """The real folder's student recipe on `records` (None: the untrained student) -> H folder."""
-    saved = torch.load(real / "encoder_student.pt", map_location="cpu", weights_only=False)
+    saved = load_checkpoint(real / "encoder_student.pt")
     cfg = EncoderStudentConfig(**saved["config"])
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"source": source}

@@ -36,14 +36,17 @@ log = logging.getLogger("vote_probe")
 WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
-def backbone_scores(model: Any, hist: np.ndarray, batch: int = 1024) -> torch.Tensor:
-    """Every item's score [N, n_items + 1] under the item-aware head (what the beam ranks by)."""
+def backbone_scores(model: Any, hist: np.ndarray, batch: int = 512) -> torch.Tensor:
+    """Every item's score [N, n_items + 1] (column 0, padding, at -inf): the exhaustive scorer the beam is tested
+    against."""
     out = []
     with torch.no_grad():
+        items = torch.arange(1, model.n_items + 1)
         for s in range(0, len(hist), batch):
-            mem, _ = model.memory(torch.as_tensor(hist[s:s + batch]).long())
-            out.append(model.head.item_scores(mem[:, -1], model.item_table()))
-    return torch.cat(out)
+            h = torch.as_tensor(hist[s:s + batch]).long()
+            out.append(model.sequence_log_prob(h, items.expand(len(h), -1)))
+    scores = torch.cat(out)
+    return torch.cat([torch.full_like(scores[:, :1], float("-inf")), scores], dim=1)
 
 
 def hits_at_10(scores: torch.Tensor, hist: np.ndarray, tgt: np.ndarray) -> np.ndarray:

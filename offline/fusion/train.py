@@ -118,9 +118,10 @@ class ScoterTrainer(Trainer):
             return np.asarray(self._item_text, np.float32)
         from offline.reasoning.encode import embedding_dim, item_embeddings, sentence_encoder
 
-        if embedding_dim(sentence_encoder()) != self.fusion_cfg.reasoning_dim:
+        width = embedding_dim(sentence_encoder())
+        if width != self.fusion_cfg.reasoning_dim:
             log.warning("vote: H has D=%d but the catalogue encoder gives %d; training without the vote",
-                        self.fusion_cfg.reasoning_dim, embedding_dim(sentence_encoder()))
+                        self.fusion_cfg.reasoning_dim, width)
             return None
         return item_embeddings(self.splits.dataset)
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from offline.fusion.model import info_nce
 from offline.reasoning import prompts
 from offline.reasoning.config import EncoderStudentConfig, LocalLLMConfig, LoraStudentConfig, SamplingParams
 from offline.reasoning.encode import embedding_dim
@@ -73,14 +74,10 @@ class EncoderStudent(nn.Module):
         cos = nn.functional.cosine_similarity(pred, target, dim=-1)
         total = config.cos_weight * (1 - cos).mean() + config.mse_weight * ((pred - target) ** 2).sum(-1).mean()
         if config.contrastive_weight > 0 and len(pred) > 1:
-            p = nn.functional.normalize(pred, dim=-1).transpose(0, 1)  # [K, B, D]
-            t = nn.functional.normalize(target, dim=-1).transpose(0, 1)
-            logits = p @ t.transpose(1, 2) / config.temperature  # [K, B, B]
-            same = (t @ t.transpose(1, 2)) > 1 - 1e-6  # rows with the same teacher text are not negatives
-            same = same & ~torch.eye(len(pred), dtype=torch.bool, device=pred.device)
-            logits = logits.masked_fill(same, float("-inf"))
-            labels = torch.arange(len(pred), device=pred.device).expand(p.shape[0], -1)
-            nce = nn.functional.cross_entropy(logits.reshape(-1, len(pred)), labels.reshape(-1))
+            nce = torch.stack([  # rows with the same teacher text (the same vector) are not each other's negatives
+                info_nce(pred[:, k], target[:, k], config.temperature,
+                         torch.unique(target[:, k], dim=0, return_inverse=True)[1])
+                for k in range(pred.shape[1])]).mean()
             total = total + config.contrastive_weight * nce
         return total
 
