@@ -6,6 +6,7 @@ writes its output atomically and skips itself when that output exists):
   discover  GVM (grounded prompts, grammar-constrained answers) on --gvm-users validation users -> template
   teacher   hindsight teacher chains (training rows: history seq[:-3], told seq[-3]) for --teacher-users
             users with the discovered template -> encoder student (held-out fidelity) -> H for every user
+  lora      the paper's LoRA student on the teacher's chains (time-boxed) and its held-out fidelity
   validate  Validate Recall@20 of the teacher's recommendations per prompt variant on --validate-users
   report    gathers the stages into benchmarks/results/beauty_reasoning.json
 
@@ -20,14 +21,13 @@ import argparse
 import datetime as dt
 import json
 import logging
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from scoter.paths import REPO_ROOT, artifacts_root
-from scoter.provenance import git_commit
+from scoter.provenance import git_commit, machine
 
 log = logging.getLogger("benchmarks.reasoning")
 
@@ -117,6 +117,50 @@ def stage_teacher(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             "precompute": {**prep, "H_shape": list(h.shape)}, "times": times}
 
 
+def stage_lora(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """The paper's LoRA student at a size that trains on 2 CPU cores: LoRA on the accepted teacher chains
+    outside the encoder student's held-out set, for --lora-seconds; then it writes chains (its training format,
+    under a grammar) for --lora-eval-users of the held-out users. Fidelity is the cosine of their step
+    embeddings to the teacher's, next to the encoder student's on the same users."""
+    from offline.reasoning import corpus, pipeline, prompts
+    from offline.reasoning.config import DistillConfig, LoraStudentConfig
+    from offline.reasoning.encode import chains_to_h
+    from offline.reasoning.students import LoraStudent, student_texts
+    from scoter.io import read_json
+
+    ds = corpus.load(args.dataset)
+    teacher = read_json(out / "teacher_chains_oracle.json")
+    steps, k = teacher["steps"], len(teacher["steps"])
+    ok = [r for r in teacher["records"] if r["steps"] is not None]
+    n_hold = max(1, int(len(ok) * 0.15))  # pipeline.train_encoder_student's split: the first 15% are held out
+    held, train = ok[:n_hold][:args.lora_eval_users], ok[n_hold:]
+    items = DistillConfig().history_items
+    chat = lambda r: prompts.distill_chat(steps, corpus.texts(ds, r["history"]), max_items=items)  # noqa: E731
+    cfg = LoraStudentConfig(steps=10**6, max_seconds=args.lora_seconds, max_length=args.lora_max_length)
+    student = LoraStudent(cfg)
+    losses = student.fit([chat(r) for r in train], [prompts.format_chain(steps, r["steps"]) for r in train])
+    student.save(out / "lora_adapter")
+    chains, gen = student.write_chains([chat(r) for r in held], steps)
+    h_lora, present = chains_to_h(chains, k)
+    h_teacher, _ = chains_to_h([r["steps"] for r in held], k)
+    h_mean, _ = chains_to_h([r["steps"] for r in train[:1000]], k)  # the constant-H baseline's mean
+    encoder = pipeline.load_encoder_student(out / "encoder_student.pt")
+    ecfg = encoder.config
+    texts, pooled = pipeline._student_inputs(ds, [r["history"] for r in held], ecfg)
+    h_enc = encoder.predict(texts, pooled=pooled)
+    seen = int(student.train_steps * cfg.batch_size)
+    return {"train_chains": len(train), "chains_seen": seen, "epochs_seen": seen / max(len(train), 1),
+            "train_steps": student.train_steps, "loss_first": losses[0], "loss_last": losses[-1],
+            "loss_last10_mean": sum(losses[-10:]) / len(losses[-10:]), "train_seconds": student.train_seconds,
+            "train_tokens_per_second": student.train_tokens / max(student.train_seconds, 1e-9),
+            "eval_users": len(held), "generation": {k_: v for k_, v in gen.items() if k_ != "raw_examples"},
+            "lora_fidelity": pipeline.fidelity(h_lora[present], h_teacher[present], h_mean),
+            "encoder_fidelity_same_users": pipeline.fidelity(h_enc[present], h_teacher[present], h_mean),
+            "examples": [{"user": r["user"], "history_tail": student_texts(ds, [r["history"]], 3)[0],
+                          "teacher": r["steps"], "lora_student": c} for r, c in zip(held[:3], chains, strict=False)],
+            "config": cfg.model_dump(mode="json")}
+
+
 def stage_validate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Variants interleaved chunk by chunk on the same users, so a deadline leaves them equally far."""
     from offline.reasoning import corpus
@@ -128,9 +172,9 @@ def stage_validate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     ds = corpus.load(args.dataset)
     g = Grounding(ds)
     items = item_embeddings(ds)
-    llm = _llm(out, "validate", args.batch_size)
+    llm = _llm(out, f"validate{_tag(args)}", args.batch_size)
     rows = corpus.sample_users(ds, args.validate_users, 11)
-    jobs: list[tuple[str, str, list[str] | None]] = [(v, v, None) for v in args.variants.split(",")]
+    jobs: list[tuple[str, str, list[str] | None]] = [(v, v, None) for v in args.variants.split(",") if v]
     if args.template_users:
         for name in args.templates.split(","):
             jobs.append((f"grounded+{name}", "grounded", load_template(name, out / "gvm")))
@@ -168,11 +212,18 @@ def stage_validate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                         "candidates_recall@10_se": cse10, "paired_vs_candidates@10": paired_se(
                             a["scores@10"], a["cand@10"]) if len(a["cand@10"]) == len(a["scores@10"]) else None,
                         "well_formed_rate": float(sum(a["ok"]) / max(len(a["ok"]), 1)), "seconds": a["seconds"],
+                        "user_scores": a["scores"],
                         "generated_tokens": a["tokens"], "examples": a["examples"]}
-        write_json(out / "validate" / "progress.json", res)
+        write_json(out / f"validate{_tag(args)}" / "progress.json", res)
         log.info("validate after %d users: %s", start + args.chunk, json.dumps(
             {k: (v["recall@20"], v["recall@20_se"], v["well_formed_rate"]) for k, v in res.items()}))
     return res
+
+
+def _tag(args: argparse.Namespace) -> str:
+    """A suffix for a stage's files, so that two processes of one stage (e.g. Validate of the manual templates
+    and of the mined one) can run side by side in one folder."""
+    return f"_{args.tag}" if args.tag else ""
 
 
 def paired_se(a: list[float], b: list[float]) -> dict[str, float]:
@@ -184,23 +235,45 @@ def paired_se(a: list[float], b: list[float]) -> dict[str, float]:
 
 
 def stage_report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Gathers the stages in `out` into --results. A stage not run in `out` keeps its entry from the results file
+    already there, and `carried_over` names the date and commit it comes from: stages run on different days
+    then add up to one report, each entry with its own provenance."""
     from scoter.io import read_json
 
     def load(name: str) -> Any:
         p = out / "stages" / f"{name}.json"
         return read_json(p) if p.exists() else None
 
-    speed, disc, teach, val = load("speed"), load("discover"), load("teacher"), load("validate")
-    if val is None and (out / "validate" / "progress.json").exists():
-        val = read_json(out / "validate" / "progress.json")
-    val = {k: v for k, v in (val or {}).items() if isinstance(v, dict)}  # one entry per variant
+    prev = read_json(Path(args.results)) if Path(args.results).exists() else {}
+    origin = {"date": prev.get("date"), "git_commit": prev.get("git_commit")}
+    carried: dict[str, Any] = {}
+
+    def stage(name: str, prev_key: str) -> Any:
+        got = load(name)
+        if got is None and prev.get(prev_key) is not None:
+            got, carried[prev_key] = prev[prev_key], prev.get("carried_over", {}).get(prev_key, origin)
+        return got
+
+    speed, disc, teach, lora = (stage("speed", "speed"), stage("discover", "gvm"), stage("teacher", "teacher_stage"),
+                                stage("lora", "lora_student"))
+    val = {k: v for k, v in (prev.get("validate") or {}).items() if isinstance(v, dict)}  # one entry per variant
+    fresh: dict[str, Any] = {}
+    for p in sorted((out / "stages").glob("validate*.json")) + sorted(out.glob("validate*/progress.json")):
+        entries = read_json(p)
+        for k, v in entries.items():
+            if isinstance(v, dict) and k not in fresh:  # a finished stage file wins over its progress file
+                fresh[k] = v
+    for k in val:
+        if k not in fresh:
+            carried[f"validate:{k}"] = prev.get("carried_over", {}).get(f"validate:{k}", origin)
+    val.update(fresh)
     tr = (teach or {}).get("teacher", {})
     return {
         **_candidate_reference(args),
         "benchmark": "reasoning", "dataset": args.dataset, "model": "SmolLM2-135M-Instruct (packaged GGUF, "
-        "de-quantised to float32, torch CPU)", "machine": f"{platform.machine()} 2-core CPU sandbox (shared)",
+        "de-quantised to float32, torch CPU)", "machine": machine(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
-        "h_dir": str(out),
+        "h_dir": str(out), "carried_over": carried,
         "tokens_per_s": tr.get("tokens_per_second"),
         "chains": tr.get("accepted"), "chains_per_hour": tr.get("chains_per_hour"),
         "well_formed_rate": None if not disc else 1 - disc["malformed_rate"],
@@ -212,10 +285,26 @@ def stage_report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "validate_candidates_recall@10": {k: v.get("candidates_recall@10") for k, v in val.items()},
         "validate_paired_vs_candidates@10": {k: v.get("paired_vs_candidates@10") for k, v in val.items()},
         "validate_users": {k: v["users"] for k, v in val.items()},
+        "template_comparison": template_comparison(val),
         "wall_s": {"discover": (disc or {}).get("wall_s"), **((teach or {}).get("times", {})),
+                   "lora_train": (lora or {}).get("train_seconds"),
                    **{f"validate_{k}": v["seconds"] for k, v in val.items()}},
-        "speed": speed, "gvm": disc, "teacher_stage": teach, "validate": val,
+        "speed": speed, "gvm": disc, "teacher_stage": teach, "lora_student": lora, "validate": val,
     }
+
+
+def template_comparison(val: dict[str, Any], mined: str = "grounded+discovered") -> dict[str, Any]:
+    """Recall@20 of the mined template minus each manual one's, paired over the same Validate users (the rows
+    are the same sample in the same order in every Validate run, so their common prefix pairs them)."""
+    if mined not in val or "user_scores" not in val[mined]:
+        return {}
+    a = val[mined]["user_scores"]
+    res = {}
+    for k, v in val.items():
+        if k != mined and k.startswith("grounded+") and "user_scores" in v:
+            n = min(len(a), len(v["user_scores"]))
+            res[f"{mined} - {k}"] = {**paired_se(a[:n], v["user_scores"][:n]), "users": n}
+    return res
 
 
 def _candidate_reference(args: argparse.Namespace) -> dict[str, Any]:
@@ -234,8 +323,8 @@ def _candidate_reference(args: argparse.Namespace) -> dict[str, Any]:
             "grounding_candidates_users": len(rows)}
 
 
-STAGES = {"speed": stage_speed, "discover": stage_discover, "teacher": stage_teacher, "validate": stage_validate,
-          "report": stage_report}
+STAGES = {"speed": stage_speed, "discover": stage_discover, "teacher": stage_teacher, "lora": stage_lora,
+          "validate": stage_validate, "report": stage_report}
 
 
 def main() -> None:
@@ -249,12 +338,16 @@ def main() -> None:
     ap.add_argument("--template", default="discovered")
     ap.add_argument("--teacher-users", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--lora-seconds", type=float, default=1200, help="lora: training wall time")
+    ap.add_argument("--lora-max-length", type=int, default=320, help="lora: tokens per training pair")
+    ap.add_argument("--lora-eval-users", type=int, default=64, help="lora: held-out users it writes chains for")
     ap.add_argument("--validate-users", type=int, default=500)
     ap.add_argument("--variants", default="grounded,plain,hindsight")
     ap.add_argument("--templates", default="discovered,two_step,three_step,five_step")
     ap.add_argument("--template-users", type=int, default=0, help="users per template comparison (0 = skip)")
     ap.add_argument("--chunk", type=int, default=32, help="validate: users per variant per round")
     ap.add_argument("--max-seconds", type=float, default=None, help="validate/teacher: stop new work after this")
+    ap.add_argument("--tag", default="", help="suffix of this run's stage, progress and cache files")
     ap.add_argument("--speed-prompts", type=int, default=32)
     ap.add_argument("--speed-tokens", type=int, default=32)
     ap.add_argument("--results", default=str(REPO_ROOT / "benchmarks" / "results" / "beauty_reasoning.json"))
@@ -275,8 +368,9 @@ def main() -> None:
                                                  "validate_recall@20", "validate_recall@20_se")}, indent=1))
         return
     result = {"stage": args.stage, "command": "OMP_NUM_THREADS=1 PYTHONPATH=. python " + " ".join(sys.argv),
+              "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
               "stage_wall_s": time.perf_counter() - t0, **result}
-    write_json(out / "stages" / f"{args.stage}.json", result)
+    write_json(out / "stages" / f"{args.stage}{_tag(args)}.json", result)
     log.info("stage %s done in %.0fs", args.stage, result["stage_wall_s"])
 
 

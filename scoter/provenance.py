@@ -34,7 +34,20 @@ def git_commit() -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` knows: speeds differ by CPU family (e.g.
+    bfloat16 is native on some and emulated on others), so results name it."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(device: str | None = None) -> str:
     """`SCOTER_MACHINE` when set, else the CPU and its core count; `device` (e.g. a GPU's name) is appended."""
-    label = os.environ.get("SCOTER_MACHINE") or f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    label = os.environ.get("SCOTER_MACHINE") or f"{cpu_model()}, {os.cpu_count()} CPUs"
     return f"{label}; {device}" if device else label

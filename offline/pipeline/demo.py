@@ -178,7 +178,8 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> No
 
 
 def show_recommendations(url: str, dataset_dir: Path, reasoning_dir: Path, n_users: int) -> list[dict]:
-    """Ask the running service for a few users' recommendations and print them with the reasoning steps."""
+    """Ask the running service for a few users' recommendations and print them with the reasoning steps;
+    returns what was shown (for the demo's summary)."""
     import httpx
 
     titles = {}
@@ -203,23 +204,32 @@ def show_recommendations(url: str, dataset_dir: Path, reasoning_dir: Path, n_use
         print("  history (newest last):")
         for item in history[-5:]:
             print(f"    - {titles.get(item, item)[:90]}")
+        record: dict = {"user": user, "history_tail": [titles.get(i, i) for i in history[-5:]],
+                        "held_out": titles.get(seq[-1], seq[-1]), "variant": data.get("variant"),
+                        "reasoning": None}
         if user in chains:
             from offline.reasoning.gvm import degenerate
 
             label, steps = chains[user]
             print(f"  reasoning steps ({label}):")
+            kept = []
             for step in steps:
                 if degenerate(step.split(":", 1)[-1]):  # repetition check: never show looping text as reasoning
                     print("    * (step rejected by the repetition check: degenerate text)")
                 else:
                     print(f"    * {step[:140]}")
-        print(f"  held-out next item: {titles.get(seq[-1], seq[-1])[:90]}")
+                    kept.append(step)
+            record["reasoning"] = {"source": label, "steps": kept, "rejected_steps": len(steps) - len(kept)}
+        print(f"  held-out next item: {record['held_out'][:90]}")
         print("  recommendations:")
+        record["recommendations"] = []
         for rec in data.get("items", []):
             item = str(rec.get("item_id"))
             mark = "  <- the held-out item" if item == seq[-1] else ""
             print(f"    {rec.get('score', 0.0):8.3f}  {titles.get(item, item)[:90]}{mark}")
-        shown.append(data)
+            record["recommendations"].append(titles.get(item, item))
+        record["hit"] = any(str(r.get("item_id")) == seq[-1] for r in data.get("items", []))
+        shown.append(record)
     return shown
 
 
@@ -347,7 +357,7 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict:
             embedded.shutdown()  # type: ignore[attr-defined]
 
     summary = {"dataset": name, "total_s": round(time.monotonic() - t_start, 1), "stages": stages.rows,
-               "metrics": _collect_metrics(backbone_dir, scoter_dir), "requests_shown": len(shown)}
+               "metrics": _collect_metrics(backbone_dir, scoter_dir), "template": template, "shown": shown}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print("\n=== summary")
     for stage, secs, where in stages.rows:

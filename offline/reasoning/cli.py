@@ -111,23 +111,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
     import torch
 
     from offline.reasoning import corpus, pipeline
-    from offline.reasoning.config import EncoderStudentConfig
-    from offline.reasoning.encode import sentence_encoder
-    from offline.reasoning.students import EncoderStudent
-    from offline.training_utils import load_checkpoint
 
     torch.set_num_threads(1)
     ckpt_path = Path(args.student)
-    if not ckpt_path.exists():
-        raise FileNotFoundError(f"{ckpt_path} not found (train it with `scoter reason distill`)")
-    ckpt = load_checkpoint(ckpt_path)
-    cfg = EncoderStudentConfig(**ckpt["config"])
-    import copy
-
-    student = EncoderStudent(copy.deepcopy(sentence_encoder()), int(ckpt["k"]), cfg)
-    student.head.load_state_dict(ckpt["head"])
-    if ckpt.get("encoder") is not None:  # fine-tuned MiniLM; None = the frozen packaged one
-        student.encoder.load_state_dict(ckpt["encoder"])
+    student = pipeline.load_encoder_student(ckpt_path)
+    cfg = student.config
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.shard:  # one worker's users only: out/shard-I-of-N/ (merge with --merge-shards N)
@@ -140,7 +128,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         return 0
     ds = corpus.load(args.dataset)
     pipeline.precompute_h(student, ds, out, cfg)
-    pipeline.write_meta(out, ds, list(ckpt.get("steps") or []), {"encoded_with": str(ckpt_path.resolve())})
+    pipeline.write_meta(out, ds, [], {"encoded_with": str(ckpt_path.resolve())})
     print(f"H arrays in {describe_output(out)}")
     return 0
 

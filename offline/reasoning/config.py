@@ -58,9 +58,9 @@ class LocalLLMConfig(BaseModel):
         "once, preallocated caches; benchmarks/teacher_throughput.py); transformers: the model's own forward with a "
         "DynamicCache (any causal LM, PEFT adapters included); auto: llama when the model is a plain Llama, else "
         "transformers")
-    dtype: Literal["bfloat16", "float32"] = Field(
-        "bfloat16", description="runtime 'llama': weight dtype (bfloat16 uses the CPU's BF16/AMX matmuls; float32 "
-        "gives transformers' greedy tokens)")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="runtime 'llama': weight dtype (bfloat16 uses the CPU's BF16/AMX matmuls; float32 "
+        "gives transformers' greedy tokens; auto: bfloat16 where the CPU has BF16 matmuls, else float32)")
     name: str = "smollm2-135m-instruct"
 
     def resolved(self) -> tuple[str, str | None]:

@@ -175,6 +175,24 @@ def llama_supported(model: Any) -> str | None:
     return None
 
 
+def native_bf16() -> bool:
+    """Whether this CPU has bfloat16 matmuls (AVX512-BF16 / AMX), as oneDNN reports it. Without them torch
+    emulates bfloat16 and the runtime runs about 4x slower than in float32 (AVX2 EPYC, BENCHMARKS.md)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_dtype(dtype: str) -> str:
+    """'auto' -> bfloat16 where the CPU computes it natively, float32 elsewhere."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if native_bf16() else "float32"
+
+
 class LlamaRuntime:
     """Llama-architecture causal LM in plain torch, laid out for batched CPU decoding.
 
@@ -184,8 +202,8 @@ class LlamaRuntime:
       batched matmul; the two score blocks share one softmax.
     * q/k/v and gate/up are one matmul each; q/k rows are stored in interleaved-pair order so RoPE is a complex
       multiply (q.k is unchanged: both get the same permutation).
-    * Weights in `dtype` (bfloat16 halves the bytes read per step and uses AMX/AVX512-BF16 where the CPU has
-      them); the residual stream, norms, RoPE, decode attention and the KV cache stay float32 (the prefill's
+    * Weights in `dtype` (bfloat16 halves the bytes read per step and uses AMX/AVX512-BF16; 'auto' takes it only
+      where the CPU has them, since emulated bfloat16 is slower than float32); the residual stream, norms, RoPE, decode attention and the KV cache stay float32 (the prefill's
       attention runs in `dtype`).
     * `add` appends rows mid-flight and `keep` moves finishing rows' slots in place, so the decoder can keep the
       batch full.
@@ -193,14 +211,15 @@ class LlamaRuntime:
     The weights are copied when the runtime is built: a model trained afterwards needs a new runtime.
     """
 
-    def __init__(self, model: Any, threads: int = 1, dtype: str = "bfloat16", grow: int = 64) -> None:
+    def __init__(self, model: Any, threads: int = 1, dtype: str = "auto", grow: int = 64) -> None:
         import torch
 
         why = llama_supported(model)
         if why:
             raise ValueError(f"runtime 'llama': cannot run this model ({why}); use runtime 'transformers'")
-        if dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype: expected float32 or bfloat16, got {dtype!r}")
+        if dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"dtype: expected auto, float32 or bfloat16, got {dtype!r}")
+        dtype = resolve_dtype(dtype)
         torch.set_num_threads(threads)
         cfg = model.config
         self.dtype = getattr(torch, dtype)

@@ -43,38 +43,31 @@ def gvm_answer(*, fixed_path: Sequence[str] | None = None, n_candidates: int | N
     return g if fixed_path else g + _path_rule(min_steps, max_steps, step_words)
 
 
-# Words a reasoning step is made of; the mined template may also use words that recur in its cluster's paths.
-REASONING_WORDS = (
-    "analyze analyse review summarize identify extract distinguish match expand predict rank recommend "
-    "purchase purchases history sequential recent stable long-term short-term interest interests preference "
-    "preferences profile user pattern patterns trend trends behavior brand brands category categories type "
-    "types product products item items feature features attributes shared complementary candidates bought "
-    "together next likely high-confidence tag tags signals loyalty repeat needs routine recommendation"
-).split()
+# What a step can be about: the facts a grounded prompt shows, named as the paper's templates name their steps.
+# The mined template's steps are a verb and one of these (or a phrase that recurs in the best cluster's paths):
+# a small model then abstracts with real step names rather than with loose words ("Analyze analyse analyse").
+STEP_FACETS = (
+    "purchase history", "recent purchases", "stable vs recent interests", "user profile", "brand preferences",
+    "category transitions", "interest patterns", "preference trends", "shared item attributes",
+    "bought-together candidates", "complementary products", "repeat purchases", "product types",
+    "high-confidence features", "item tags",
+)
 LINK_WORDS = "and vs of the to from with by via for on in".split()
-
-
 STEP_VERBS = ("Analyze", "Identify", "Distinguish", "Extract", "Match", "Expand via", "Predict", "Summarize",
               "Rank", "Review", "Compare", "Find")
 
 
-def best_path(*, min_steps: int = 2, max_steps: int = 6, vocab: Sequence[str] | None = None) -> str:
-    """The 'Best Path' line of the Figure-10 answer, as a step list. With `vocab` each step is a verb and up to
-    four words from `vocab`, and the path ends in "Item Recommendation" like the paper's templates: a small
-    model then abstracts with real words rather than free text."""
-    if not vocab:
+def best_path(*, min_steps: int = 2, max_steps: int = 6, facets: Sequence[str] | None = None) -> str:
+    """The 'Best Path' line of the Figure-10 answer, as a step list. With `facets` each step is a verb and one
+    facet, and the path ends in "Item Recommendation" like the paper's templates."""
+    if not facets:
         return 'root ::= path "\\n"\n' + _path_rule(min_steps, max_steps, 6)
-
-    def alts(ws: Sequence[str]) -> str:
-        forms = {v for w in ws for v in (w.lower(), w[:1].upper() + w[1:].lower())}
-        return " | ".join(_lit(w) for w in sorted(forms, key=len, reverse=True))
-
-    content = [w for w in vocab if w.lower() not in LINK_WORDS]
+    alts = " | ".join(_lit(f) for f in sorted(dict.fromkeys(facets), key=len, reverse=True))
     return (f'root ::= step (" -> " step){{{max(min_steps - 2, 0)},{max(max_steps - 2, 0)}}} '
             f'" -> Item Recommendation\\n"\n'
-            f'step ::= verb " " cword (" " word){{0,3}}\n'
+            f'step ::= verb " " facet\n'
             f"verb ::= {' | '.join(_lit(v) for v in STEP_VERBS)}\n"
-            f"cword ::= {alts(content)}\nword ::= {alts(list(content) + LINK_WORDS)}\n")
+            f"facet ::= {alts}\n")
 
 
 def chain(steps: Sequence[str], *, step_chars: int = 200, min_chars: int = 12) -> str:

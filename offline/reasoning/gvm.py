@@ -105,14 +105,31 @@ def degenerate(text: str, min_distinct: float = 0.5) -> bool:
     return len(set(words)) / len(words) < min_distinct or len(set(bigrams)) / len(bigrams) < min_distinct
 
 
-def cluster_vocabulary(paths: Sequence[str], min_share: float = 0.5) -> list[str]:
-    """Generic reasoning words plus the alphabetic words (3+ letters) that recur in at least `min_share` of
-    the cluster's exemplar paths: what the cluster's pattern is made of."""
+def cluster_facets(paths: Sequence[str], min_share: float = 0.5) -> list[str]:
+    """The step facets (`grammars.STEP_FACETS`) plus the two-word phrases (letters only, no link words) that
+    recur in at least `min_share` of the cluster's exemplar paths: what the cluster's pattern is about."""
     seen: Counter[str] = Counter()
     for p in paths:
-        seen.update({w.lower() for w in re.findall(r"[A-Za-z][A-Za-z-]{2,}", p)})
-    recurring = [w for w, n in seen.items() if n >= max(2, min_share * len(paths))]
-    return sorted(set(grammars.REASONING_WORDS) | set(recurring))
+        words = [w.lower() for w in re.findall(r"[A-Za-z][A-Za-z-]*", p)]
+        seen.update({f"{a} {b}" for a, b in zip(words, words[1:], strict=False)
+                     if min(len(a), len(b)) >= 3 and not {a, b} & set(grammars.LINK_WORDS)})
+    recurring = sorted(ph for ph, n in seen.items() if n >= max(2, min_share * len(paths)))
+    return list(dict.fromkeys([*grammars.STEP_FACETS, *recurring]))
+
+
+def usable_path(steps: list[str] | None) -> bool:
+    """A template worth distilling with: no two steps about the same thing (the step without its verb), no
+    looping words."""
+    if not steps:
+        return False
+    verbs = tuple(v.lower() + " " for v in grammars.STEP_VERBS)
+    topics = {next((s.lower()[len(v):] for v in verbs if s.lower().startswith(v)), s.lower()) for s in steps}
+    return len(topics) == len(steps) and not degenerate(" ".join(steps))
+
+
+def step_name(step: str) -> str:
+    """'Analyze brand preferences' -> 'Analyze Brand Preferences', as the paper's templates name steps."""
+    return " ".join(w if w in grammars.LINK_WORDS else w[:1].upper() + w[1:] for w in step.split())
 
 
 def abstract_template(llm: LLM, paths: Sequence[str], mining: Mining, cfg: GVMConfig,
@@ -127,17 +144,21 @@ def abstract_template(llm: LLM, paths: Sequence[str], mining: Mining, cfg: GVMCo
         chat = chat + [{"role": "assistant", "content": lead}]
         params = params.model_copy(update={"grammar": grammars.best_path(min_steps=cfg.min_steps,
                                                                          max_steps=cfg.max_steps,
-                                                                         vocab=cluster_vocabulary(paths)),
+                                                                         facets=cluster_facets(paths)),
                                            "repetition_penalty": 1.15, "temperature": 0.5, "top_p": 0.9})
-        tries = llm.generate([chat] * 4, params)  # a few samples; the first that is not degenerate wins
-        raw = lead + next((t for t in tries if not degenerate(t)), tries[0])
+        tries = llm.generate([chat] * 8, params)  # a few samples; the first usable one wins
+        parsed = [parse_best_path(lead + t, min_steps=cfg.min_steps, max_steps=cfg.max_steps) for t in tries]
+        done = [p is not None and p[-1] == "Item Recommendation" and usable_path(p) for p in parsed]  # not cut off
+        if not any(done):
+            return {"steps": fallback, "source": "centroid_path_fallback", "llm_output": lead + tries[0]}
+        raw = lead + tries[done.index(True)]
     else:
         raw = llm.generate([chat], params)[0]
     steps = parse_best_path(raw, min_steps=cfg.min_steps, max_steps=cfg.max_steps)
-    if steps is not None and degenerate(" ".join(steps)):
-        steps = None
-    if steps is None:
+    if not usable_path(steps):
         return {"steps": fallback, "source": "centroid_path_fallback", "llm_output": raw}
+    if cfg.structured and cfg.variant != "paper":  # the grammar's lower-case facets, named like the paper's steps
+        steps = [step_name(s) for s in steps]  # type: ignore[union-attr]
     return {"steps": steps, "source": "llm_best_path", "llm_output": raw}
 
 

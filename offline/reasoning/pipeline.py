@@ -92,6 +92,22 @@ def train_encoder_student(dataset: Any, teacher: dict[str, Any], cfg: EncoderStu
     return student, report
 
 
+def load_encoder_student(path: Path) -> EncoderStudent:
+    """An encoder student saved by `train_encoder_student` (its head, and its encoder when fine-tuned)."""
+    import copy
+
+    from offline.training_utils import load_checkpoint
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} not found (train it with `scoter reason distill`)")
+    ckpt = load_checkpoint(path)
+    student = EncoderStudent(copy.deepcopy(sentence_encoder()), int(ckpt["k"]), EncoderStudentConfig(**ckpt["config"]))
+    student.head.load_state_dict(ckpt["head"])
+    if ckpt.get("encoder") is not None:  # fine-tuned MiniLM; None = the frozen packaged one
+        student.encoder.load_state_dict(ckpt["encoder"])
+    return student
+
+
 def fidelity(pred: np.ndarray, teacher: np.ndarray, train_teacher: np.ndarray) -> dict[str, float]:
     """Held-out fidelity: mean per-step cosine of the student's H to the teacher's H on users the student
     never saw, next to the same cosine for the training chains' mean H (what a student that ignores the
@@ -150,7 +166,7 @@ def precompute_h(student: EncoderStudent, dataset: Any, out_dir: Path, cfg: Enco
 
 
 def run_lora_student(dataset: Any, teacher: dict[str, Any], cfg: LoraStudentConfig, dcfg: DistillConfig,
-                     out_dir: Path, *, sample_users: int, scaffold: bool = False) -> dict[str, Any]:
+                     out_dir: Path, *, sample_users: int) -> dict[str, Any]:
     """The paper's student: LoRA on the teacher's chains, then chains for `sample_users` users in every split."""
     steps = teacher["steps"]
     ok = [r for r in teacher["records"] if r["steps"] is not None]
@@ -171,7 +187,7 @@ def run_lora_student(dataset: Any, teacher: dict[str, Any], cfg: LoraStudentConf
         key = "test" if split == "test" else "train_valid"
         if key not in done:
             chats = [chat(corpus.history(dataset.sequences[u], split)) for u in rows]  # type: ignore[arg-type]
-            done[key] = student.write_chains(chats, steps, scaffold=scaffold)
+            done[key] = student.write_chains(chats, steps)
         chains, rep = done[key]
         h, present = chains_to_h(chains, len(steps))
         h_folder.write_split(sub, split, h, present)

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -188,6 +188,7 @@ class LoraStudent:
                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
         self.model = get_peft_model(base, lcfg)
         self.train_tokens = 0
+        self.train_steps = 0
         self.train_seconds = 0.0
 
     def fit(self, chats: Sequence[list[dict[str, str]]], answers: Sequence[str]) -> list[float]:
@@ -220,6 +221,7 @@ class LoraStudent:
             opt.step()
             losses.append(float(loss.detach()))
             self.train_tokens += int(att.sum())
+            self.train_steps += 1
             elapsed = time.perf_counter() - t0
             if (step + 1) % 5 == 0 or step == 0:
                 log.info("LoRA step %d/%d loss %.4f (%.1fs, ETA %.0fs)", step + 1, cfg.steps, losses[-1], elapsed,
@@ -232,33 +234,41 @@ class LoraStudent:
         return losses
 
     def llm(self) -> Any:
-        """The fine-tuned model behind the ordinary LLM interface."""
+        """The fine-tuned model behind the ordinary LLM interface. Training is over by then, so the adapter is
+        merged into the base weights: generation runs the plain model (and the fast decoder's llama path)."""
         from offline.reasoning.local_backend import LocalLLM
 
+        if hasattr(self.model, "merge_and_unload"):
+            self.model = self.model.merge_and_unload()
+        self.model.eval()
         cfg = self.llm_config.model_copy(update={"batch_size": self.config.gen_batch_size,
                                                  "name": self.llm_config.name + "+lora"})
         return LocalLLM(cfg, model=self.model, tokenizer=self.tok)
 
     def write_chains(self, chats: Sequence[list[dict[str, str]]], steps: Sequence[str], *,
-                     temperature: float = 0.0, scaffold: bool = False,
+                     temperature: float = 0.0, mode: Literal["grammar", "scaffold", "free"] = "grammar",
                      step_max_tokens: int = 48) -> tuple[list[list[str] | None], dict[str, Any]]:
-        """The student writes each chain (freely, or step headers forced when `scaffold`); chains missing a
-        step are rejected (None)."""
+        """The student writes each chain: in its training format under a grammar (every step header, in order),
+        with step headers prefilled round by round (`scaffold`), or freely; chains missing a step are rejected
+        (None)."""
+        from offline.reasoning import grammars
         from offline.reasoning.distill import STEP_STOP, scaffold_generate
 
         llm = self.llm()
         t0 = time.perf_counter()
-        if scaffold:
+        if mode == "scaffold":
             params = SamplingParams(temperature=temperature, top_p=1.0, max_tokens=step_max_tokens, stop=STEP_STOP)
             texts = scaffold_generate(llm, list(chats), steps, params)
         else:
-            params = SamplingParams(temperature=temperature, top_p=1.0, max_tokens=self.config.gen_max_tokens)
+            params = SamplingParams(temperature=temperature, top_p=1.0, max_tokens=self.config.gen_max_tokens,
+                                    grammar=grammars.chain(steps) if mode == "grammar" else None,
+                                    line_max_tokens=step_max_tokens if mode == "grammar" else None)
             texts = llm.generate(list(chats), params)
         chains = [split_chain(t, steps) for t in texts]
         rejected = sum(c is None for c in chains)
         return chains, {"users": len(chats), "rejected": rejected, "rejected_rate": rejected / max(len(chats), 1),
                         "generated_tokens": llm.generated_tokens, "tokens_per_second": llm.tokens_per_second,
-                        "seconds": time.perf_counter() - t0, "scaffold": scaffold, "raw_examples": texts[:3]}
+                        "seconds": time.perf_counter() - t0, "mode": mode, "raw_examples": texts[:3]}
 
     def save(self, path: Path) -> None:
         from scoter.io import describe_output

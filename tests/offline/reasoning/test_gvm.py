@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from offline.reasoning.gvm import exemplars, load_template, mine, prune_near_duplicates, recall_score
+from offline.reasoning import grammars
+from offline.reasoning.gvm import (
+    cluster_facets,
+    exemplars,
+    load_template,
+    mine,
+    prune_near_duplicates,
+    recall_score,
+    step_name,
+    usable_path,
+)
 from scoter.io import write_json
 
 
@@ -68,3 +78,20 @@ def test_load_template_manual_and_discovered(tmp_path) -> None:
         load_template("discovered", tmp_path)
     with pytest.raises(ValueError, match="template"):
         load_template("nine_step")
+
+
+def test_cluster_facets_add_the_phrases_that_recur_in_the_cluster() -> None:
+    paths = ["Review purchase history -> Spot hair serums", "Check purchase history -> Rank hair serums",
+             "Purchase history of the shopper -> nothing else"]
+    facets = cluster_facets(paths)
+    assert facets[:len(grammars.STEP_FACETS)] == list(grammars.STEP_FACETS)
+    assert "hair serums" in facets and "purchase history" in facets  # recurs in >= half the paths
+    assert "the shopper" not in facets and "nothing else" not in facets  # link word / seen once
+
+
+def test_usable_path_rejects_a_template_that_repeats_its_topic() -> None:
+    assert usable_path(["Analyze Interest Patterns", "Identify Repeat Purchases", "Item Recommendation"])
+    assert not usable_path(["Analyze item tags", "Find item tags", "Item Recommendation"])  # one topic thrice
+    assert not usable_path(["Review history", "Review history"]) and not usable_path(None)
+    assert not usable_path(["ire ire ire ire ire ire", "Item Recommendation"])
+    assert step_name("Expand via shared item attributes") == "Expand via Shared Item Attributes"

@@ -12,7 +12,8 @@ import numpy as np
 from fastapi import FastAPI
 
 from offline.reasoning.config import GVMConfig, HttpLLMConfig
-from offline.reasoning.gvm import run_gvm
+from offline.reasoning.grammars import STEP_VERBS
+from offline.reasoning.gvm import cluster_facets, run_gvm, usable_path
 from offline.reasoning.http_backend import HttpLLM
 from scoter.io import read_json
 
@@ -105,14 +106,17 @@ def test_structured_gvm_with_the_real_model_is_well_formed_and_mines_a_template(
                                                                                 tmp_path) -> None:
     """Grounded prompts + the answer grammar on the embedded 135M model: every path is well formed, each
     recommendation is a candidate number mapped to a catalogue item, and the template is mined from the
-    discovered paths (the model's Best Path, or the centroid path), never a manual fallback."""
+    discovered paths: the model's Best Path, a verb and one of the cluster's facets per step."""
     cfg = GVMConfig(variant="grounded", users=4, candidates=3, recall_k=3, reason_chars=20, max_steps=3,
                     k_candidates=(2,), exemplars=2, dedup_threshold=0.999, line_max_tokens=10,
-                    template_max_tokens=24)
+                    template_max_tokens=40)
     report = run_gvm(cfg, local_llm, tiny_dataset, tmp_path)
     assert report["malformed_rate"] <= 0.5 and report["scored"] >= 2
-    assert report["template_source"] in ("llm_best_path", "centroid_path_fallback")
-    assert 2 <= len(report["template"]) <= 3
+    assert report["template_source"] == "llm_best_path" and 2 <= len(report["template"]) <= 3
+    *body, last = report["template"]  # a verb and a step facet per step, then the recommendation
+    facets = cluster_facets(read_json(tmp_path / "template.json")["exemplars"])
+    assert last == "Item Recommendation" and usable_path(report["template"])
+    assert all(any(s.lower() == f"{v} {f}".lower() for v in STEP_VERBS for f in facets) for s in body)
     chains = json.loads((tmp_path / "chains.json").read_text())
     assert all(c["candidates"] and len(c["candidates"]) <= 3 for c in chains)
 

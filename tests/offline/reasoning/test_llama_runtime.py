@@ -17,6 +17,7 @@ from offline.reasoning.fastgen import (
     LlamaRuntime,
     TorchRuntime,
     llama_supported,
+    native_bf16,
     swap_remove,
 )
 from offline.reasoning.local_backend import gen_requests, make_runtime
@@ -35,6 +36,16 @@ def tiny_llama():
     cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
     return LlamaForCausalLM(cfg).eval()
+
+
+def test_auto_dtype_takes_bfloat16_only_where_the_cpu_computes_it(tiny_llama) -> None:
+    """Emulated bfloat16 runs about 4x slower than float32 (AVX2 EPYC): 'auto', the default, must avoid it."""
+    want = torch.bfloat16 if native_bf16() else torch.float32
+    assert LlamaRuntime(tiny_llama).dtype == want
+    assert LlamaRuntime(tiny_llama, dtype="float32").dtype == torch.float32
+    assert LocalLLMConfig().dtype == "auto"
+    with pytest.raises(ValueError, match="dtype"):
+        LlamaRuntime(tiny_llama, dtype="float16")
 
 
 def _steps(rt, prefix: list[int], suffixes: list[list[int]], n: int) -> list[np.ndarray]:

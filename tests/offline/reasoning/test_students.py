@@ -80,6 +80,19 @@ def test_lora_student_trains_and_generates() -> None:
     assert 0 < trainable < 2_000_000  # only the adapter trains
     losses = student.fit(chats, answers)
     assert len(losses) == 4 and losses[-1] < losses[0]
-    chains, report = student.write_chains(chats[:1], STEPS, scaffold=True, step_max_tokens=4)
+    chains, report = student.write_chains(chats[:1], STEPS, mode="scaffold", step_max_tokens=4)
     assert report["users"] == 1 and report["generated_tokens"] > 0 and report["tokens_per_second"] > 0
     assert report["raw_examples"][0].startswith(f"**{STEPS[0]}:**")
+
+
+def test_lora_student_writes_every_step_under_its_grammar() -> None:
+    """Grammar mode: the merged student writes its training format, every step in order (nothing rejected)."""
+    chats = [prompts.distill_chat(STEPS, h, max_items=4) for h, _ in PAIRS[:2]]
+    answers = [prompts.format_chain(STEPS, c) for _, c in PAIRS[:2]]
+    student = LoraStudent(LoraStudentConfig(steps=2, batch_size=2, max_length=96, gen_max_tokens=96))
+    student.fit(chats, answers)
+    chains, report = student.write_chains(chats, STEPS, step_max_tokens=12)
+    assert report["mode"] == "grammar" and report["rejected"] == 0
+    assert all(len(c) == len(STEPS) and all(t.strip() for t in c) for c in chains if c is not None)
+    assert all(report["raw_examples"][0].split("\n")[k].startswith(f"**{s}:** ") for k, s in enumerate(STEPS))
+    assert not any("lora" in n for n, _ in student.model.named_parameters())  # merged for generation
