@@ -57,15 +57,22 @@ STEP_VERBS = ("Analyze", "Identify", "Distinguish", "Extract", "Match", "Expand 
               "Rank", "Review", "Compare", "Find")
 
 
-def best_path(*, min_steps: int = 2, max_steps: int = 6, facets: Sequence[str] | None = None) -> str:
-    """The 'Best Path' line of the Figure-10 answer, as a step list. With `facets` each step is a verb and one
-    facet, and the path ends in "Item Recommendation" like the paper's templates."""
+def best_path(*, min_steps: int = 2, max_steps: int = 6) -> str:
+    """The 'Best Path' line of the Figure-10 answer, as a free step list."""
+    return 'root ::= path "\\n"\n' + _path_rule(min_steps, max_steps, 6)
+
+
+def best_path_step(facets: Sequence[str], *, can_end: bool, must_end: bool, verb: bool = True) -> str:
+    """One step of the mined 'Best Path': a verb (unless the caller wrote it) and one of `facets`, then either
+    the next arrow or, where the path may end, " -> Item Recommendation" (the paper's templates' last step). The
+    caller writes the path step by step and drops the facets already used, so no two steps are about the same
+    thing."""
     if not facets:
-        return 'root ::= path "\\n"\n' + _path_rule(min_steps, max_steps, 6)
+        raise ValueError("best_path_step: no facet left to write a step about")
+    ends = ([] if must_end else ['" -> "']) + (['" -> Item Recommendation\\n"'] if can_end or must_end else [])
     alts = " | ".join(_lit(f) for f in sorted(dict.fromkeys(facets), key=len, reverse=True))
-    return (f'root ::= step (" -> " step){{{max(min_steps - 2, 0)},{max(max_steps - 2, 0)}}} '
-            f'" -> Item Recommendation\\n"\n'
-            f'step ::= verb " " facet\n'
+    head = 'verb " " facet' if verb else "facet"
+    return (f'root ::= {head} ({" | ".join(ends)})\n'
             f"verb ::= {' | '.join(_lit(v) for v in STEP_VERBS)}\n"
             f"facet ::= {alts}\n")
 

@@ -122,14 +122,47 @@ def usable_path(steps: list[str] | None) -> bool:
     looping words."""
     if not steps:
         return False
-    verbs = tuple(v.lower() + " " for v in grammars.STEP_VERBS)
-    topics = {next((s.lower()[len(v):] for v in verbs if s.lower().startswith(v)), s.lower()) for s in steps}
+    topics = {step_topic(s) for s in steps}
     return len(topics) == len(steps) and not degenerate(" ".join(steps))
 
 
 def step_name(step: str) -> str:
     """'Analyze brand preferences' -> 'Analyze Brand Preferences', as the paper's templates name steps."""
     return " ".join(w if w in grammars.LINK_WORDS else w[:1].upper() + w[1:] for w in step.split())
+
+
+def step_topic(step: str) -> str:
+    """'Analyze item tags' -> 'item tags': what a step is about, its verb stripped."""
+    low = step.strip().lower()
+    return next((low[len(v) + 1:] for v in (x.lower() for x in grammars.STEP_VERBS) if low.startswith(v + " ")), low)
+
+
+def write_distinct_path(llm: LLM, chat: list[dict[str, str]], lead: str, facets: Sequence[str],
+                        params: SamplingParams, cfg: GVMConfig, tries: int, min_len: int) -> list[str]:
+    """`tries` sampled Best Paths, written one step per call: each step is a verb and a facet not used earlier in
+    its path (grammars.best_path_step), and the path ends in "Item Recommendation" within the template's length.
+    One grammar cannot forbid a repeat, so drafts that used the same facets share a call. Try j opens with the
+    j-th verb: the samples differ from the first step on, and no two share a prompt (nor a cache entry). A path
+    has at least `min_len` steps (within the config's bounds)."""
+    hi = cfg.max_steps - 1  # content steps, before "Item Recommendation"
+    lo = min(max(cfg.min_steps, min_len) - 1, hi)
+    verbs = [grammars.STEP_VERBS[j % len(grammars.STEP_VERBS)] for j in range(tries)]
+    drafts, used = [f"{lead}{v} " for v in verbs], [frozenset[str]()] * tries
+    for i in range(hi):
+        groups: dict[frozenset[str], list[int]] = {}
+        for j in range(tries):
+            if not drafts[j].rstrip().endswith("-> Item Recommendation"):
+                groups.setdefault(used[j], []).append(j)
+        for seen, rows in groups.items():
+            left = [f for f in facets if f not in seen]
+            grammar = grammars.best_path_step(left, can_end=i + 1 >= lo, must_end=i + 1 == hi or len(left) == 1,
+                                              verb=i > 0)
+            outs = llm.generate([chat + [{"role": "assistant", "content": drafts[j]}] for j in rows],
+                                params.model_copy(update={"grammar": grammar}))
+            for j, out in zip(rows, outs, strict=True):
+                drafts[j] += out
+                used[j] = seen | {step_topic(drafts[j][len(lead):].split(" -> ")[i])}
+    return drafts
 
 
 def abstract_template(llm: LLM, paths: Sequence[str], mining: Mining, cfg: GVMConfig,
@@ -139,19 +172,16 @@ def abstract_template(llm: LLM, paths: Sequence[str], mining: Mining, cfg: GVMCo
     chat = prompts.mine_chat(paths, cluster_id=best["id"], rank=best["rank"], n_clusters=mining.k,
                              recall=best["quality"], k=cfg.recall_k)
     params = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=cfg.template_max_tokens, seed=cfg.seed)
-    if cfg.structured and cfg.variant != "paper":  # the model writes only the Best Path, as a step list
+    if cfg.structured and cfg.variant != "paper":  # the model writes only the Best Path, step by step
         lead = "### 3. Optimized Paths\n- Best Path (each step <= 8 words): "
-        chat = chat + [{"role": "assistant", "content": lead}]
-        params = params.model_copy(update={"grammar": grammars.best_path(min_steps=cfg.min_steps,
-                                                                         max_steps=cfg.max_steps,
-                                                                         facets=cluster_facets(paths)),
-                                           "repetition_penalty": 1.15, "temperature": 0.5, "top_p": 0.9})
-        tries = llm.generate([chat] * 8, params)  # a few samples; the first usable one wins
-        parsed = [parse_best_path(lead + t, min_steps=cfg.min_steps, max_steps=cfg.max_steps) for t in tries]
-        done = [p is not None and p[-1] == "Item Recommendation" and usable_path(p) for p in parsed]  # not cut off
+        params = params.model_copy(update={"repetition_penalty": 1.15, "temperature": 0.5, "top_p": 0.9})
+        typical = int(np.median([p.count(" -> ") + 1 for p in paths]))  # as long as the cluster's paths
+        drafts = write_distinct_path(llm, chat, lead, cluster_facets(paths), params, cfg, tries=8, min_len=typical)
+        parsed = [parse_best_path(d, min_steps=cfg.min_steps, max_steps=cfg.max_steps) for d in drafts]
+        done = [p is not None and p[-1] == "Item Recommendation" and usable_path(p) for p in parsed]
         if not any(done):
-            return {"steps": fallback, "source": "centroid_path_fallback", "llm_output": lead + tries[0]}
-        raw = lead + tries[done.index(True)]
+            return {"steps": fallback, "source": "centroid_path_fallback", "llm_output": drafts[0]}
+        raw = drafts[done.index(True)]  # the first usable sample
     else:
         raw = llm.generate([chat], params)[0]
     steps = parse_best_path(raw, min_steps=cfg.min_steps, max_steps=cfg.max_steps)

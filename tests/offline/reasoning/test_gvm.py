@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from offline.reasoning import grammars
 from offline.reasoning.gvm import (
@@ -13,6 +14,7 @@ from offline.reasoning.gvm import (
     prune_near_duplicates,
     recall_score,
     step_name,
+    step_topic,
     usable_path,
 )
 from scoter.io import write_json
@@ -87,6 +89,22 @@ def test_cluster_facets_add_the_phrases_that_recur_in_the_cluster() -> None:
     assert facets[:len(grammars.STEP_FACETS)] == list(grammars.STEP_FACETS)
     assert "hair serums" in facets and "purchase history" in facets  # recurs in >= half the paths
     assert "the shopper" not in facets and "nothing else" not in facets  # link word / seen once
+
+
+def test_best_path_step_writes_one_unused_facet_and_ends_only_where_allowed() -> None:
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    left = ["item tags", "brand preferences"]  # "repeat purchases" was used by an earlier step
+    mid = grammars.best_path_step(left, can_end=False, must_end=False)
+    assert accepts(mid, "Analyze item tags -> ") and accepts(mid, "Expand via brand preferences -> ")
+    assert not accepts(mid, "Analyze repeat purchases -> ")  # a used facet cannot come back
+    assert not accepts(mid, "Analyze item tags -> Item Recommendation\n")  # too short to end here
+    last = grammars.best_path_step(left, can_end=True, must_end=True, verb=False)
+    assert accepts(last, "item tags -> Item Recommendation\n") and not accepts(last, "item tags -> ")
+    assert not accepts(last, "Analyze item tags -> Item Recommendation\n")  # the caller wrote the verb
+    assert step_topic("Expand via Brand Preferences") == "brand preferences"
+    with pytest.raises(ValueError, match="no facet"):
+        grammars.best_path_step([], can_end=True, must_end=True)
 
 
 def test_usable_path_rejects_a_template_that_repeats_its_topic() -> None:
