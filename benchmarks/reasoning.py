@@ -144,7 +144,7 @@ def stage_lora(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     h_lora, present = chains_to_h(chains, k)
     h_teacher, _ = chains_to_h([r["steps"] for r in held], k)
     h_mean, _ = chains_to_h([r["steps"] for r in train[:1000]], k)  # the constant-H baseline's mean
-    encoder = pipeline.load_encoder_student(out / "encoder_student.pt")
+    encoder, _ = pipeline.load_encoder_student(out / "encoder_student.pt")
     ecfg = encoder.config
     texts, pooled = pipeline._student_inputs(ds, [r["history"] for r in held], ecfg)
     h_enc = encoder.predict(texts, pooled=pooled)

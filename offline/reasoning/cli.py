@@ -114,7 +114,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     ckpt_path = Path(args.student)
-    student = pipeline.load_encoder_student(ckpt_path)
+    student, steps = pipeline.load_encoder_student(ckpt_path)
     cfg = student.config
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +128,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         return 0
     ds = corpus.load(args.dataset)
     pipeline.precompute_h(student, ds, out, cfg)
-    pipeline.write_meta(out, ds, [], {"encoded_with": str(ckpt_path.resolve())})
+    pipeline.write_meta(out, ds, steps, {"encoded_with": str(ckpt_path.resolve())})
     print(f"H arrays in {describe_output(out)}")
     return 0
 

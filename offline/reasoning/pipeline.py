@@ -84,7 +84,7 @@ def train_encoder_student(dataset: Any, teacher: dict[str, Any], cfg: EncoderStu
     report_fid = fidelity(pred, target[ho], target[tr])
     report = {**report_fid, "train_pairs": len(ok) - n_hold, "heldout_pairs": n_hold, "epoch_losses": losses,
               "heldout_loss_before": before, "heldout_loss_after": after, "train_seconds": time.perf_counter() - t0}
-    torch.save({"head": student.head.state_dict(), "k": len(steps),
+    torch.save({"head": student.head.state_dict(), "k": len(steps), "steps": list(steps),
                 "encoder": student.encoder.state_dict() if cfg.train_encoder else None,  # frozen: the package's
                 "config": cfg.model_dump(mode="json")}, out_dir / "encoder_student.pt")
     log.info("encoder student: held-out loss %.4f -> %.4f; wrote %s", before, after,
@@ -92,8 +92,9 @@ def train_encoder_student(dataset: Any, teacher: dict[str, Any], cfg: EncoderStu
     return student, report
 
 
-def load_encoder_student(path: Path) -> EncoderStudent:
-    """An encoder student saved by `train_encoder_student` (its head, and its encoder when fine-tuned)."""
+def load_encoder_student(path: Path) -> tuple[EncoderStudent, list[str]]:
+    """An encoder student saved by `train_encoder_student` (its head, and its encoder when fine-tuned), and the
+    template steps it was trained on."""
     import copy
 
     from offline.training_utils import load_checkpoint
@@ -105,7 +106,7 @@ def load_encoder_student(path: Path) -> EncoderStudent:
     student.head.load_state_dict(ckpt["head"])
     if ckpt.get("encoder") is not None:  # fine-tuned MiniLM; None = the frozen packaged one
         student.encoder.load_state_dict(ckpt["encoder"])
-    return student
+    return student, list(ckpt.get("steps") or [])
 
 
 def fidelity(pred: np.ndarray, teacher: np.ndarray, train_teacher: np.ndarray) -> dict[str, float]:

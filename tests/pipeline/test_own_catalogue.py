@@ -142,6 +142,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory):
             assert main(["reason", "encode", "--dataset", "shopb", "--student",
                          str(art / "toyshop" / "reasoning" / "encoder_student.pt"), "--out",
                          str(art / "shopb" / "reasoning")]) == 0
+            meta_a, meta_b = (json.loads((art / n / "reasoning" / "meta.json").read_text()) for n in ("toyshop", "shopb"))
+            assert meta_b["template"] == meta_a["template"] and meta_b["template"]  # the student's template
             b_publish = ["reason", "publish", "--h", str(art / "shopb" / "reasoning"), "--redis-url", redis_url,
                          "--reasoning-version"]
             refused = main([*b_publish, "toyshop-v1"])  # A's version: must be refused, nothing written

@@ -108,12 +108,17 @@ def test_gives_up_when_every_endpoint_fails_and_a_400_is_not_retried() -> None:
 
 
 def test_through_llm_serve_over_the_real_model(local_llm) -> None:
-    direct = local_llm.generate(chats(2), GREEDY)
+    # The server batches what is queued, so the two requests run together or apart; float32 matmuls of another
+    # batch shape round differently and can flip a near-tie greedy token, so each answer must be the model's own
+    # under one of the two batchings.
+    together = local_llm.generate(chats(2), GREEDY)
+    apart = [local_llm.generate([c], GREEDY)[0] for c in chats(2)]
     with serve(create_app(local_llm)) as url:
         dead = f"http://127.0.0.1:{free_port()}/v1"
         client = build_llm(f"{dead}@1,{url}@2")
         assert isinstance(client, MultiEndpointLLM)
-        assert client.generate(chats(2), GREEDY) == direct
+        got = client.generate(chats(2), GREEDY)
+        assert all(g in (t, a) and g for g, t, a in zip(got, together, apart, strict=True))
         assert client.stats[url]["ok"] == 2
 
 
