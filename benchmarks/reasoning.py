@@ -132,8 +132,8 @@ def stage_lora(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     teacher = read_json(out / "teacher_chains_oracle.json")
     steps, k = teacher["steps"], len(teacher["steps"])
     ok = [r for r in teacher["records"] if r["steps"] is not None]
-    n_hold = max(1, int(len(ok) * 0.15))  # pipeline.train_encoder_student's split: the first 15% are held out
-    held, train = ok[:n_hold][:args.lora_eval_users], ok[n_hold:]
+    ho, tr = pipeline.heldout_split(ok)  # the encoder student's held-out users
+    held, train = ok[ho][:args.lora_eval_users], ok[tr]
     items = DistillConfig().history_items
     chat = lambda r: prompts.distill_chat(steps, corpus.texts(ds, r["history"]), max_items=items)  # noqa: E731
     cfg = LoraStudentConfig(steps=10**6, max_seconds=args.lora_seconds, max_length=args.lora_max_length)

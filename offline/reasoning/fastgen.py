@@ -203,8 +203,8 @@ class LlamaRuntime:
     * q/k/v and gate/up are one matmul each; q/k rows are stored in interleaved-pair order so RoPE is a complex
       multiply (q.k is unchanged: both get the same permutation).
     * Weights in `dtype` (bfloat16 halves the bytes read per step and uses AMX/AVX512-BF16; 'auto' takes it only
-      where the CPU has them, since emulated bfloat16 is slower than float32); the residual stream, norms, RoPE, decode attention and the KV cache stay float32 (the prefill's
-      attention runs in `dtype`).
+      where the CPU has them, since emulated bfloat16 is slower than float32); the residual stream, norms, RoPE,
+      decode attention and the KV cache stay float32 (the prefill's attention runs in `dtype`).
     * `add` appends rows mid-flight and `keep` moves finishing rows' slots in place, so the decoder can keep the
       batch full.
 

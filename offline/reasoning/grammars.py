@@ -57,11 +57,6 @@ STEP_VERBS = ("Analyze", "Identify", "Distinguish", "Extract", "Match", "Expand 
               "Rank", "Review", "Compare", "Find")
 
 
-def best_path(*, min_steps: int = 2, max_steps: int = 6) -> str:
-    """The 'Best Path' line of the Figure-10 answer, as a free step list."""
-    return 'root ::= path "\\n"\n' + _path_rule(min_steps, max_steps, 6)
-
-
 def best_path_step(facets: Sequence[str], *, can_end: bool, must_end: bool, verb: bool = True) -> str:
     """One step of the mined 'Best Path': a verb (unless the caller wrote it) and one of `facets`, then either
     the next arrow or, where the path may end, " -> Item Recommendation" (the paper's templates' last step). The

@@ -177,18 +177,16 @@ def abstract_template(llm: LLM, paths: Sequence[str], mining: Mining, cfg: GVMCo
         params = params.model_copy(update={"repetition_penalty": 1.15, "temperature": 0.5, "top_p": 0.9})
         typical = int(np.median([p.count(" -> ") + 1 for p in paths]))  # as long as the cluster's paths
         drafts = write_distinct_path(llm, chat, lead, cluster_facets(paths), params, cfg, tries=8, min_len=typical)
-        parsed = [parse_best_path(d, min_steps=cfg.min_steps, max_steps=cfg.max_steps) for d in drafts]
-        done = [p is not None and p[-1] == "Item Recommendation" and usable_path(p) for p in parsed]
-        if not any(done):
-            return {"steps": fallback, "source": "centroid_path_fallback", "llm_output": drafts[0]}
-        raw = drafts[done.index(True)]  # the first usable sample
-    else:
-        raw = llm.generate([chat], params)[0]
+        for draft in drafts:  # the first usable sample wins
+            steps = parse_best_path(draft, min_steps=cfg.min_steps, max_steps=cfg.max_steps)
+            if steps and steps[-1] == "Item Recommendation" and usable_path(steps):
+                # the grammar's lower-case facets, named like the paper's steps
+                return {"steps": [step_name(s) for s in steps], "source": "llm_best_path", "llm_output": draft}
+        return {"steps": fallback, "source": "centroid_path_fallback", "llm_output": drafts[0]}
+    raw = llm.generate([chat], params)[0]
     steps = parse_best_path(raw, min_steps=cfg.min_steps, max_steps=cfg.max_steps)
     if not usable_path(steps):
         return {"steps": fallback, "source": "centroid_path_fallback", "llm_output": raw}
-    if cfg.structured and cfg.variant != "paper":  # the grammar's lower-case facets, named like the paper's steps
-        steps = [step_name(s) for s in steps]  # type: ignore[union-attr]
     return {"steps": steps, "source": "llm_best_path", "llm_output": raw}
 
 

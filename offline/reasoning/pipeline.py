@@ -60,6 +60,13 @@ def run_teacher(llm: LLM, dataset: Any, steps: list[str], cfg: DistillConfig, ou
     return out
 
 
+def heldout_split(accepted: list[dict[str, Any]], holdout: float = 0.15) -> tuple[slice, slice]:
+    """(held-out, training) slices of the accepted teacher chains: the first `holdout` share is held out, so
+    every student is scored on the same users it never saw."""
+    n_hold = max(1, int(len(accepted) * holdout))
+    return slice(0, n_hold), slice(n_hold, None)
+
+
 def train_encoder_student(dataset: Any, teacher: dict[str, Any], cfg: EncoderStudentConfig,
                           out_dir: Path, *, holdout: float = 0.15) -> tuple[EncoderStudent, dict[str, Any]]:
     """Fit MiniLM + head on accepted teacher chains (history text -> step embeddings); reports held-out loss."""
@@ -73,8 +80,7 @@ def train_encoder_student(dataset: Any, teacher: dict[str, Any], cfg: EncoderStu
 
     student = EncoderStudent(copy.deepcopy(sentence_encoder()), len(steps), cfg)
     texts, pooled = _student_inputs(dataset, [r["history"] for r in ok], cfg)
-    n_hold = max(1, int(len(ok) * holdout))
-    tr, ho = slice(n_hold, None), slice(0, n_hold)
+    ho, tr = heldout_split(ok, holdout)
     sub = lambda x, s: None if x is None else x[s]  # noqa: E731
     before = student.evaluate(sub(texts, ho), target[ho], pooled=sub(pooled, ho))
     t0 = time.perf_counter()
@@ -82,7 +88,7 @@ def train_encoder_student(dataset: Any, teacher: dict[str, Any], cfg: EncoderStu
     after = student.evaluate(sub(texts, ho), target[ho], pooled=sub(pooled, ho))
     pred = student.predict(sub(texts, ho), pooled=sub(pooled, ho))
     report_fid = fidelity(pred, target[ho], target[tr])
-    report = {**report_fid, "train_pairs": len(ok) - n_hold, "heldout_pairs": n_hold, "epoch_losses": losses,
+    report = {**report_fid, "train_pairs": len(ok[tr]), "heldout_pairs": len(ok[ho]), "epoch_losses": losses,
               "heldout_loss_before": before, "heldout_loss_after": after, "train_seconds": time.perf_counter() - t0}
     torch.save({"head": student.head.state_dict(), "k": len(steps), "steps": list(steps),
                 "encoder": student.encoder.state_dict() if cfg.train_encoder else None,  # frozen: the package's

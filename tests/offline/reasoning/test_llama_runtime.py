@@ -38,11 +38,16 @@ def tiny_llama():
     return LlamaForCausalLM(cfg).eval()
 
 
-def test_auto_dtype_takes_bfloat16_only_where_the_cpu_computes_it(tiny_llama) -> None:
-    """Emulated bfloat16 runs about 4x slower than float32 (AVX2 EPYC): 'auto', the default, must avoid it."""
-    want = torch.bfloat16 if native_bf16() else torch.float32
-    assert LlamaRuntime(tiny_llama).dtype == want
-    assert LlamaRuntime(tiny_llama, dtype="float32").dtype == torch.float32
+def test_auto_dtype_takes_bfloat16_only_where_the_cpu_computes_it(tiny_llama, monkeypatch) -> None:
+    """Emulated bfloat16 runs about 4x slower than float32 (AVX2 EPYC): 'auto', the default, must avoid it. This
+    CPU has one answer to the capability probe; the other is faked (monkeypatched), since it cannot run here."""
+    from offline.reasoning import fastgen
+
+    assert LlamaRuntime(tiny_llama).dtype == (torch.bfloat16 if native_bf16() else torch.float32)  # the real probe
+    for native, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(fastgen, "native_bf16", lambda native=native: native)
+        assert LlamaRuntime(tiny_llama).dtype == want
+        assert LlamaRuntime(tiny_llama, dtype="float32").dtype == torch.float32  # an explicit dtype wins
     assert LocalLLMConfig().dtype == "auto"
     with pytest.raises(ValueError, match="dtype"):
         LlamaRuntime(tiny_llama, dtype="float16")
