@@ -10,7 +10,8 @@ chains (every template step present, as the teacher's rejection rule counts them
 
 Candidates are `runtime:batch` with runtime one of
   transformers        the model's own forward + DynamicCache (TorchRuntime), float32
-  transformers-int8   the same with torch's dynamic int8 quantisation of every Linear layer
+  transformers-int8   the same with torch's dynamic int8 quantisation of every Linear layer (per-tensor weights)
+  transformers-int8pc the same with per-channel int8 weights
   llama-float32       fastgen.LlamaRuntime, float32 weights (transformers' greedy tokens)
   llama-bfloat16      fastgen.LlamaRuntime, bfloat16 weights
   ortgenai            onnxruntime-genai on the model converted by its builder (--ort-model-dir), driven as a
@@ -42,7 +43,7 @@ import numpy as np
 from benchmarks.harness import RESULTS, provenance, write_result
 
 log = logging.getLogger("benchmarks.teacher_throughput")
-RUNTIMES = ("transformers", "transformers-int8", "llama-float32", "llama-bfloat16", "ortgenai")
+RUNTIMES = ("transformers", "transformers-int8", "transformers-int8pc", "llama-float32", "llama-bfloat16", "ortgenai")
 
 
 class OrtGenaiRuntime:
@@ -144,9 +145,10 @@ def build_runtime(name: str, model: Any, ort_model_dir: str | None = None, pad_i
         return OrtGenaiRuntime(ort_model_dir, pad_id, int(model.config.vocab_size))
     if name == "transformers":
         return TorchRuntime(model, threads=1)
-    if name == "transformers-int8":
-        q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
-        return TorchRuntime(q, threads=1)
+    if name in ("transformers-int8", "transformers-int8pc"):
+        qconfig = {torch.nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig if name.endswith("pc")
+                   else torch.ao.quantization.default_dynamic_qconfig}
+        return TorchRuntime(torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), qconfig), threads=1)
     return LlamaRuntime(model, threads=1, dtype=name.split("-", 1)[1])
 
 
@@ -182,6 +184,37 @@ def run_once(runtime: Any, tok: Any, grammars: Any, reqs: dict[str, list[Any]], 
             "degenerate_rate": float(np.mean([degenerate(t) for t in texts])), "sample": texts[0]}
 
 
+def greedy_agreement(runtimes: dict[str, Any], tok: Any, grammars: Any, reqs: dict[str, list[Any]], params: Any,
+                     batch: int, steps: list[str], ref: str = "llama-float32") -> dict[str, Any]:
+    """How far each runtime's greedy chains follow float32's: the share of identical chains and of tokens before
+    the first difference (a faster runtime that writes other text is another model, not a faster teacher)."""
+    from offline.reasoning.fastgen import Decoder
+
+    def greedy(rt: Any) -> list[list[int]]:
+        dec = Decoder(rt, tok, batch_size=batch)
+        dec._grammars = grammars
+        return [g for rs in reqs.values() for g in dec.generate(rs, temperature=0.0, top_p=1.0,
+                                                                  repetition_penalty=params.repetition_penalty)]
+
+    def lead(a: list[int], b: list[int]) -> float:
+        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        return n / max(len(a), 1)
+
+    want = greedy(runtimes[ref])
+    out = {}
+    for name, rt in runtimes.items():
+        got = want if name == ref else greedy(rt)
+        texts = [tok.decode(g, skip_special_tokens=True) for g in got]
+        out[name] = {"identical_chains": float(np.mean([a == b for a, b in zip(want, got, strict=True)])),
+                     "tokens_before_first_difference": float(np.mean([lead(a, b) for a, b in
+                                                                       zip(want, got, strict=True)])),
+                     "well_formed_rate": float(np.mean([well_formed(t, steps) for t in texts])),
+                     "sample": texts[0]}
+        log.info("greedy %s vs %s: identical %.2f, lead %.2f", name, ref, out[name]["identical_chains"],
+                 out[name]["tokens_before_first_difference"])
+    return out
+
+
 def prompt_counts(reqs: dict[str, list[Any]]) -> dict[str, Any]:
     from offline.reasoning.fastgen import common_prefix
 
@@ -205,6 +238,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--ort-model-dir", default=None, help="onnxruntime-genai model folder (candidate ortgenai)")
     ap.add_argument("--ort-pad-id", type=int, default=0, help="a token id no prompt contains (ortgenai padding)")
+    ap.add_argument("--agreement", action="store_true",
+                    help="also decode greedily with each runtime and compare with llama-float32's chains")
     ap.add_argument("--out", default=str(RESULTS / "teacher_throughput.json"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -234,6 +269,10 @@ def main() -> None:
             log.info("round %d %s:%d  %.1f gen tok/s, %.0f prompt tok/s, %.0f chains/h, well-formed %.2f (%.0fs)",
                      r + 1, name, bs, res["tokens_per_s"], res["prompt_tokens_per_s"], res["chains_per_hour"],
                      res["well_formed_rate"], res["wall_s"])
+    agreement = None
+    if args.agreement:
+        runtimes.setdefault("llama-float32", build_runtime("llama-float32", model))
+        agreement = greedy_agreement(runtimes, tok, grammars, reqs, params, cands[0][1], steps)
     keys = ("tokens_per_s", "prompt_tokens_per_s", "chains_per_hour", "well_formed_rate", "degenerate_rate",
             "wall_s")
     summary = {k: {m: statistics.median(x[m] for x in v) for m in keys} for k, v in runs.items()}
@@ -245,7 +284,7 @@ def main() -> None:
            "variants": list(reqs), "requests_per_variant": args.requests, "rounds": args.rounds,
            "model": "SmolLM2-135M-Instruct (packaged GGUF, de-quantised)",
            "sampling": params.model_dump(exclude={"grammar"}), "prompt_tokens": counts, "summary": summary,
-           "runs": runs}
+           "greedy_agreement_with_float32": agreement, "runs": runs}
     write_result(args.out, doc)
     for k, v in summary.items():
         print(f"{k:24s} {v['tokens_per_s']:7.1f} gen tok/s {v['prompt_tokens_per_s']:7.0f} prompt tok/s "

@@ -116,18 +116,41 @@ def load_encoder_student(path: Path) -> tuple[EncoderStudent, list[str]]:
 
 
 def fidelity(pred: np.ndarray, teacher: np.ndarray, train_teacher: np.ndarray) -> dict[str, float]:
-    """Held-out fidelity: mean per-step cosine of the student's H to the teacher's H on users the student
-    never saw, next to the same cosine for the training chains' mean H (what a student that ignores the
-    history would score)."""
-    def cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
-
-    c = cos(pred, teacher).mean(axis=1)
-    base = cos(np.broadcast_to(train_teacher.mean(axis=0), teacher.shape), teacher).mean(axis=1)
+    """Held-out fidelity on users the student never saw: the mean per-step cosine of its H to the teacher's,
+    next to the same cosine for the training chains' mean H (what a student that ignores the history would
+    score), and how well its H picks out the user's own teacher chain among the other held-out users'."""
+    c = _cos(pred, teacher).mean(axis=1)
+    base = _cos(np.broadcast_to(train_teacher.mean(axis=0), teacher.shape), teacher).mean(axis=1)
+    auc = own_chain_auc(pred, teacher)
     n = max(len(c), 1)
-    return {"heldout_cosine": float(c.mean()), "heldout_cosine_se": float(c.std(ddof=1) / np.sqrt(n)) if n > 1
-            else 0.0, "heldout_cosine_mean_baseline": float(base.mean()),
-            "heldout_cosine_gain_se": float((c - base).std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0}
+    se = lambda x: float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0  # noqa: E731
+    return {"heldout_cosine": float(c.mean()), "heldout_cosine_se": se(c),
+            "heldout_cosine_mean_baseline": float(base.mean()), "heldout_cosine_gain_se": se(c - base),
+            "heldout_own_chain_auc": float(auc.mean()), "heldout_own_chain_auc_se": se(auc)}
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+
+
+def own_chain_auc(pred: np.ndarray, teacher: np.ndarray) -> np.ndarray:
+    """Per user, the share of the other users' teacher steps less similar to its predicted step than its own
+    teacher step is (ties count half), averaged over the steps. Over users it averages 0.5 for any H that is the
+    same for everyone (the mean H), and is 1.0 when every user's H is nearest its own chain; cosine alone cannot
+    tell these apart (a contrastive student gives up some cosine to pick out its own user)."""
+    n, k, _ = teacher.shape
+    if n < 2:
+        return np.full(n, 0.5)
+    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
+    p, t = unit(pred), unit(teacher)
+    out = np.zeros(n)
+    for j in range(k):
+        sim = p[:, j] @ t[:, j].T  # [n users' predictions, n users' teacher steps]
+        own = np.diag(sim)[:, None]
+        below = (sim < own - 1e-6).sum(1)
+        ties = (np.abs(sim - own) <= 1e-6).sum(1) - 1  # the own chain itself is not a tie
+        out += (below + 0.5 * ties) / (n - 1)
+    return out / k
 
 
 def _student_inputs(dataset: Any, histories: list, cfg: EncoderStudentConfig) -> tuple[list[str] | None,

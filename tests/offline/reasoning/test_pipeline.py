@@ -68,3 +68,22 @@ def test_resumed_teacher_chains_are_resplit_with_the_current_rule(tiny_dataset, 
     assert out["records"][0]["steps"] == ["likes nails", "a top coat"]
     assert out["records"][1]["steps"] is None
     assert out["report"]["accepted"] == 1 and out["report"]["rejected"] == 1
+
+
+def test_own_chain_auc_tells_a_user_specific_h_from_a_constant_one() -> None:
+    """The mean H can score a high cosine while knowing nothing about the user; the own-chain AUC puts it at
+    chance (0.5), a student that recovers each user's chain near 1.0, and one that writes another user's chain
+    no better than chance. Identical teacher chains (two users, one text) tie rather than count as misses."""
+    rng = np.random.default_rng(0)
+    teacher = rng.normal(size=(40, 3, 16))
+    train = rng.normal(size=(30, 3, 16)) + teacher.mean(0)
+    near = teacher + 0.3 * rng.normal(size=teacher.shape)
+    assert pipeline.own_chain_auc(near, teacher).mean() > 0.95
+    assert abs(pipeline.own_chain_auc(np.broadcast_to(train.mean(0), teacher.shape), teacher).mean() - 0.5) < 1e-9
+    assert pipeline.own_chain_auc(np.roll(teacher, 1, axis=0), teacher).mean() < 0.6
+    twins = teacher.copy()
+    twins[1] = twins[0]
+    auc = pipeline.own_chain_auc(twins, twins)
+    assert auc[0] == auc[1] == 1 - 0.5 / 39  # each has one tie (the twin), no user above it
+    fid = pipeline.fidelity(near, teacher, train)
+    assert fid["heldout_own_chain_auc"] > 0.95 and fid["heldout_cosine"] > fid["heldout_cosine_mean_baseline"]
