@@ -212,7 +212,7 @@ def stage_validate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                         "candidates_recall@10_se": cse10, "paired_vs_candidates@10": paired_se(
                             a["scores@10"], a["cand@10"]) if len(a["cand@10"]) == len(a["scores@10"]) else None,
                         "well_formed_rate": float(sum(a["ok"]) / max(len(a["ok"]), 1)), "seconds": a["seconds"],
-                        "user_scores": a["scores"],
+                        "user_scores": a["scores"], "user_scores@10": a["scores@10"],
                         "generated_tokens": a["tokens"], "examples": a["examples"]}
         write_json(out / f"validate{_tag(args)}" / "progress.json", res)
         log.info("validate after %d users: %s", start + args.chunk, json.dumps(
@@ -294,16 +294,19 @@ def stage_report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 def template_comparison(val: dict[str, Any], mined: str = "grounded+discovered") -> dict[str, Any]:
-    """Recall@20 of the mined template minus each manual one's, paired over the same Validate users (the rows
-    are the same sample in the same order in every Validate run, so their common prefix pairs them)."""
+    """Recall@20 (and @10 of the answer's first 10) of the mined template minus each manual one's, paired over
+    the same Validate users (the rows are the same sample in the same order in every Validate run, so their
+    common prefix pairs them)."""
     if mined not in val or "user_scores" not in val[mined]:
         return {}
-    a = val[mined]["user_scores"]
     res = {}
     for k, v in val.items():
         if k != mined and k.startswith("grounded+") and "user_scores" in v:
-            n = min(len(a), len(v["user_scores"]))
-            res[f"{mined} - {k}"] = {**paired_se(a[:n], v["user_scores"][:n]), "users": n}
+            for suffix, at in (("", "@20"), ("@10", "@10")):
+                a, b = val[mined].get(f"user_scores{suffix}"), v.get(f"user_scores{suffix}")
+                if a and b:
+                    n = min(len(a), len(b))
+                    res.setdefault(f"{mined} - {k}", {})[at] = {**paired_se(a[:n], b[:n]), "users": n}
     return res
 
 

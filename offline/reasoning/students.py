@@ -224,8 +224,11 @@ class LoraStudent:
             self.train_steps += 1
             elapsed = time.perf_counter() - t0
             if (step + 1) % 5 == 0 or step == 0:
-                log.info("LoRA step %d/%d loss %.4f (%.1fs, ETA %.0fs)", step + 1, cfg.steps, losses[-1], elapsed,
-                         elapsed / (step + 1) * (cfg.steps - step - 1))
+                eta = elapsed / (step + 1) * (cfg.steps - step - 1)
+                if cfg.max_seconds is not None:  # a time box ends the run first when it comes sooner
+                    eta = min(eta, max(cfg.max_seconds - elapsed, 0.0))
+                log.info("LoRA step %d loss %.4f (%.1fs, %.2f steps/s, ETA %.0fs)", step + 1, losses[-1], elapsed,
+                         (step + 1) / elapsed, eta)
             if cfg.max_seconds is not None and elapsed > cfg.max_seconds:
                 log.info("LoRA: stopping after %d steps (max_seconds=%s)", step + 1, cfg.max_seconds)
                 break
