@@ -193,6 +193,9 @@ class LoraStudentConfig(BaseModel):
     dropout: float = 0.05
     max_length: int = Field(384, ge=32)
     max_seconds: float | None = Field(None, description="stop training after this wall time")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where training runs (auto: cuda when torch sees a GPU); the merged model writes its "
+        "chains on the CPU decoder either way")
     gen_max_tokens: int = Field(160, ge=8)
     gen_batch_size: int = 8
     seed: int = 0

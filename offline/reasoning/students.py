@@ -197,6 +197,10 @@ class LoraStudent:
         pairs = [_encode_pair(self.tok, c, a, cfg.max_length) for c, a in zip(chats, answers, strict=True)]
         if not pairs:
             raise ValueError("LoRA student: no training pairs (every teacher chain was rejected)")
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("LoraStudentConfig.device: 'cuda' asked for, but torch sees no GPU (use auto or cpu)")
+        device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+        self.model.to(device)
         opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr)
         rng = random.Random(cfg.seed)
         losses: list[float] = []
@@ -215,7 +219,7 @@ class LoraStudent:
             ids = torch.tensor([[pad] * (width - len(i)) + i for i, _ in batch])
             lab = torch.tensor([[-100] * (width - len(b)) + b for _, b in batch])
             att = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i, _ in batch])
-            loss = self.model(input_ids=ids, attention_mask=att, labels=lab).loss
+            loss = self.model(input_ids=ids.to(device), attention_mask=att.to(device), labels=lab.to(device)).loss
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -233,7 +237,7 @@ class LoraStudent:
                 log.info("LoRA: stopping after %d steps (max_seconds=%s)", step + 1, cfg.max_seconds)
                 break
         self.train_seconds += time.perf_counter() - t0
-        self.model.eval()
+        self.model.to("cpu").eval()  # generation and saving run on the CPU
         return losses
 
     def llm(self) -> Any:

@@ -80,6 +80,12 @@ def test_lora_student_trains_and_generates() -> None:
     assert 0 < trainable < 2_000_000  # only the adapter trains
     losses = student.fit(chats, answers)
     assert len(losses) == 4 and losses[-1] < losses[0]
+    assert all(p.device.type == "cpu" for p in student.model.parameters())  # back on the CPU for generation
+    if not torch.cuda.is_available():  # where a GPU is asked for and there is none, the field is named
+        student.config = student.config.model_copy(update={"device": "cuda"})
+        with pytest.raises(ValueError, match="LoraStudentConfig.device"):
+            student.fit(chats, answers)
+        student.config = student.config.model_copy(update={"device": "auto"})
     chains, report = student.write_chains(chats[:1], STEPS, mode="scaffold", step_max_tokens=4)
     assert report["users"] == 1 and report["generated_tokens"] > 0 and report["tokens_per_second"] > 0
     assert report["raw_examples"][0].startswith(f"**{STEPS[0]}:**")
