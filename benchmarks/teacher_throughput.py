@@ -161,13 +161,19 @@ def well_formed(text: str, steps: list[str]) -> bool:
     return split_chain(format_chain(steps, lines) if lines else text, steps) is not None
 
 
-def run_once(runtime: Any, tok: Any, grammars: Any, reqs: dict[str, list[Any]], params: Any, batch: int,
-             steps: list[str]) -> dict[str, Any]:
+def _decoder(runtime: Any, tok: Any, grammars: Any, batch: int) -> Any:
     from offline.reasoning.fastgen import Decoder
-    from offline.reasoning.gvm import degenerate
 
     dec = Decoder(runtime, tok, batch_size=batch)
     dec._grammars = grammars  # compiled once per process, not per run
+    return dec
+
+
+def run_once(runtime: Any, tok: Any, grammars: Any, reqs: dict[str, list[Any]], params: Any, batch: int,
+             steps: list[str]) -> dict[str, Any]:
+    from offline.reasoning.gvm import degenerate
+
+    dec = _decoder(runtime, tok, grammars, batch)
     texts: list[str] = []
     t0 = time.perf_counter()
     for rs in reqs.values():  # one generate call per variant, as the teacher stage makes them
@@ -188,11 +194,8 @@ def greedy_agreement(runtimes: dict[str, Any], tok: Any, grammars: Any, reqs: di
                      batch: int, steps: list[str], ref: str = "llama-float32") -> dict[str, Any]:
     """How far each runtime's greedy chains follow float32's: the share of identical chains and of tokens before
     the first difference (a faster runtime that writes other text is another model, not a faster teacher)."""
-    from offline.reasoning.fastgen import Decoder
-
     def greedy(rt: Any) -> list[list[int]]:
-        dec = Decoder(rt, tok, batch_size=batch)
-        dec._grammars = grammars
+        dec = _decoder(rt, tok, grammars, batch)
         return [g for rs in reqs.values() for g in dec.generate(rs, temperature=0.0, top_p=1.0,
                                                                   repetition_penalty=params.repetition_penalty)]
 

@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 log = logging.getLogger(__name__)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """x scaled to unit length along its last axis (zero rows stay zero): dot products become cosines."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def embedding_dim(encoder: Any) -> int:
     """Output dimension (sentence-transformers >= 5 renamed the getter)."""
     getter = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension

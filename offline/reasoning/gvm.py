@@ -16,6 +16,7 @@ import numpy as np
 
 from offline.reasoning import corpus, grammars, prompts
 from offline.reasoning.config import GVMConfig, SamplingParams
+from offline.reasoning.encode import unit_rows
 from offline.reasoning.llm import LLM
 from offline.reasoning.parsing import parse_best_path, parse_gvm_output
 from scoter.io import describe_output, write_json
@@ -26,7 +27,7 @@ Embed = Callable[[Sequence[str]], np.ndarray]
 
 def prune_near_duplicates(emb: np.ndarray, threshold: float = 0.85) -> list[int]:
     """Greedy in input order: keep a path unless its cosine to an already kept path exceeds `threshold`."""
-    unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(emb)
     kept: list[int] = []
     for i in range(len(unit)):
         if not kept or float((unit[kept] @ unit[i]).max()) <= threshold:
@@ -89,9 +90,8 @@ def mine(path_emb: np.ndarray, scores: np.ndarray, k_candidates: Sequence[int] =
 def exemplars(path_emb: np.ndarray, labels: np.ndarray, cluster: int, n: int = 10) -> list[int]:
     """Indices of the n members of `cluster` with the highest cosine to its centroid."""
     idx = np.flatnonzero(labels == cluster)
-    unit = path_emb[idx] / np.maximum(np.linalg.norm(path_emb[idx], axis=1, keepdims=True), 1e-12)
-    centroid = unit.mean(axis=0)
-    sims = unit @ (centroid / max(np.linalg.norm(centroid), 1e-12))
+    unit = unit_rows(path_emb[idx])
+    sims = unit @ unit_rows(unit.mean(axis=0))
     return idx[np.argsort(-sims, kind="stable")[:n]].tolist()
 
 

@@ -21,6 +21,7 @@ from offline.reasoning.encode import (
     item_embeddings,
     pooled_cached,
     sentence_encoder,
+    unit_rows,
 )
 from offline.reasoning.llm import LLM
 from offline.reasoning.parsing import split_chain
@@ -119,18 +120,15 @@ def fidelity(pred: np.ndarray, teacher: np.ndarray, train_teacher: np.ndarray) -
     """Held-out fidelity on users the student never saw: the mean per-step cosine of its H to the teacher's,
     next to the same cosine for the training chains' mean H (what a student that ignores the history would
     score), and how well its H picks out the user's own teacher chain among the other held-out users'."""
-    c = _cos(pred, teacher).mean(axis=1)
-    base = _cos(np.broadcast_to(train_teacher.mean(axis=0), teacher.shape), teacher).mean(axis=1)
+    t = unit_rows(teacher)
+    c = (unit_rows(pred) * t).sum(-1).mean(axis=1)
+    base = (unit_rows(train_teacher.mean(axis=0)) * t).sum(-1).mean(axis=1)
     auc = own_chain_auc(pred, teacher)
     n = max(len(c), 1)
     se = lambda x: float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0  # noqa: E731
     return {"heldout_cosine": float(c.mean()), "heldout_cosine_se": se(c),
             "heldout_cosine_mean_baseline": float(base.mean()), "heldout_cosine_gain_se": se(c - base),
             "heldout_own_chain_auc": float(auc.mean()), "heldout_own_chain_auc_se": se(auc)}
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
 
 
 def own_chain_auc(pred: np.ndarray, teacher: np.ndarray) -> np.ndarray:
@@ -141,8 +139,7 @@ def own_chain_auc(pred: np.ndarray, teacher: np.ndarray) -> np.ndarray:
     n, k, _ = teacher.shape
     if n < 2:
         return np.full(n, 0.5)
-    unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
-    p, t = unit(pred), unit(teacher)
+    p, t = unit_rows(pred), unit_rows(teacher)
     out = np.zeros(n)
     for j in range(k):
         sim = p[:, j] @ t[:, j].T  # [n users' predictions, n users' teacher steps]

@@ -83,8 +83,8 @@ def test_named_steps_open_each_line_with_its_step_and_the_chain_keeps_only_the_t
 def test_hf_engine_rejects_a_grammar(local_llm) -> None:
     ref = LocalLLM(LocalLLMConfig(engine="hf"), model=local_llm._model, tokenizer=local_llm._tok)
     with pytest.raises(ValueError, match="grammar"):
-        ref.generate(CHATS[:1], SamplingParams(max_tokens=2, grammar=grammars.best_path_step(["item tags"], can_end=True,
-                                                                             must_end=True)))
+        grammar = grammars.best_path_step(["item tags"], can_end=True, must_end=True)
+        ref.generate(CHATS[:1], SamplingParams(max_tokens=2, grammar=grammar))
 
 
 def test_repetition_check() -> None:
