@@ -10,6 +10,11 @@ writes its output atomically and skips itself when that output exists):
   validate  Validate Recall@20 of the teacher's recommendations per prompt variant on --validate-users
   report    gathers the stages into benchmarks/results/beauty_reasoning.json
 
+--generate-only runs a stage's LLM work and nothing else (no sentence encoder, no scoring): the answers land in
+the stage's cache (validate), teacher_chains_oracle.json (teacher) or lora_chains.json (lora), and the same
+stage run later without the flag scores them from there. It is how the LLM work goes to a GPU machine
+(benchmarks/gpu_reasoning.sh) while the encoder work stays here.
+
   OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/reasoning.py --stage discover
   OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/reasoning.py --stage teacher  &   # two processes,
   OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/reasoning.py --stage validate &   # one thread each
@@ -32,11 +37,19 @@ from scoter.provenance import git_commit, machine
 log = logging.getLogger("benchmarks.reasoning")
 
 
-def _llm(out: Path, name: str, batch_size: int, engine: str = "torch") -> Any:
+def _llm(out: Path, name: str, batch_size: int, engine: str = "torch", threads: int = 1) -> Any:
     from offline.reasoning.config import LocalLLMConfig
     from offline.reasoning.local_backend import LocalLLM
 
-    return LocalLLM(LocalLLMConfig(batch_size=batch_size, engine=engine), cache_path=out / f"llm_cache_{name}.jsonl")
+    return LocalLLM(LocalLLMConfig(batch_size=batch_size, engine=engine, num_threads=threads),
+                    cache_path=out / f"llm_cache_{name}.jsonl")
+
+
+def _machine() -> str:
+    """This machine, with its GPU when torch sees one (where the LLM work ran)."""
+    import torch
+
+    return machine(torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 
 
 def _gvm_cfg(args: argparse.Namespace, **kw: Any) -> Any:
@@ -74,7 +87,7 @@ def stage_discover(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from offline.reasoning.gvm import run_gvm
 
     ds = corpus.load(args.dataset)
-    llm = _llm(out, "discover", args.batch_size)
+    llm = _llm(out, "discover", args.batch_size, threads=args.threads)
     t0 = time.perf_counter()
     cfg = _gvm_cfg(args, variant="grounded", users=args.gvm_users, temperature=0.7, step_words=8,
                    reason_chars=100)  # discovery: the paper's 8 words per step, a longer reason
@@ -94,14 +107,16 @@ def stage_teacher(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     ds = corpus.load(args.dataset)
     steps = load_template(args.template, out / "gvm")
-    llm = _llm(out, "teacher", args.batch_size)
+    llm = _llm(out, "teacher", args.batch_size, threads=args.threads)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     dcfg = DistillConfig(dataset=args.dataset, template=args.template, teacher_users=args.teacher_users,
                          oracle=True, teacher_mode="structured", step_max_tokens=24,
-                         max_seconds=args.max_seconds)
+                         max_seconds=args.max_seconds, chunk_rows=max(64, 4 * args.batch_size))
     teacher = pipeline.run_teacher(llm, ds, steps, dcfg, out)
     times["teacher_s"] = time.perf_counter() - t0
+    if args.generate_only:
+        return {"template": steps, "teacher": teacher["report"], "times": times}
     ecfg = EncoderStudentConfig(epochs=args.epochs)
     t0 = time.perf_counter()
     student, srep = pipeline.train_encoder_student(ds, teacher, ecfg, out)
@@ -118,15 +133,14 @@ def stage_teacher(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 
 def stage_lora(args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    """The paper's LoRA student at a size that trains on 2 CPU cores: LoRA on the accepted teacher chains
-    outside the encoder student's held-out set, for --lora-seconds; then it writes chains (its training format,
-    under a grammar) for --lora-eval-users of the held-out users. Fidelity is the cosine of their step
-    embeddings to the teacher's, next to the encoder student's on the same users."""
+    """The paper's LoRA student: LoRA on the accepted teacher chains outside the encoder student's held-out set,
+    for --lora-seconds; then it writes chains (its training format, under a grammar) for --lora-eval-users of the
+    held-out users (-> lora_chains.json, which a later run scores instead of training again). Fidelity is the
+    cosine of their step embeddings to the teacher's, next to the encoder student's on the same users."""
     from offline.reasoning import corpus, pipeline, prompts
-    from offline.reasoning.config import DistillConfig, LoraStudentConfig
-    from offline.reasoning.encode import chains_to_h
+    from offline.reasoning.config import DistillConfig, LocalLLMConfig, LoraStudentConfig
     from offline.reasoning.students import LoraStudent, student_texts
-    from scoter.io import read_json
+    from scoter.io import read_json, write_json
 
     ds = corpus.load(args.dataset)
     teacher = read_json(out / "teacher_chains_oracle.json")
@@ -134,31 +148,55 @@ def stage_lora(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     ok = [r for r in teacher["records"] if r["steps"] is not None]
     ho, tr = pipeline.heldout_split(ok)  # the encoder student's held-out users
     held, train = ok[ho][:args.lora_eval_users], ok[tr]
-    items = DistillConfig().history_items
-    chat = lambda r: prompts.distill_chat(steps, corpus.texts(ds, r["history"]), max_items=items)  # noqa: E731
-    cfg = LoraStudentConfig(steps=10**6, max_seconds=args.lora_seconds, max_length=args.lora_max_length)
-    student = LoraStudent(cfg)
-    losses = student.fit([chat(r) for r in train], [prompts.format_chain(steps, r["steps"]) for r in train])
-    student.save(out / "lora_adapter")
-    chains, gen = student.write_chains([chat(r) for r in held], steps)
+    path = out / "lora_chains.json"
+    if path.exists():
+        run = read_json(path)
+        log.info("LoRA student: chains loaded from %s (trained on %s)", path, run.get("machine"))
+    else:
+        items = DistillConfig().history_items
+        chat = lambda r: prompts.distill_chat(steps, corpus.texts(ds, r["history"]), max_items=items)  # noqa: E731
+        cfg = LoraStudentConfig(steps=10**6, max_seconds=args.lora_seconds, max_length=args.lora_max_length,
+                                batch_size=args.lora_batch_size, gen_batch_size=args.batch_size)
+        student = LoraStudent(cfg, LocalLLMConfig(num_threads=args.threads))
+        losses = student.fit([chat(r) for r in train], [prompts.format_chain(steps, r["steps"]) for r in train])
+        student.save(out / "lora_adapter")
+        chains, gen = student.write_chains([chat(r) for r in held], steps)
+        seen = int(student.train_steps * cfg.batch_size)
+        run = {"machine": _machine(), "users": [r["user"] for r in held], "chains": chains,
+               "train": {"train_chains": len(train), "chains_seen": seen, "epochs_seen": seen / max(len(train), 1),
+                         "train_steps": student.train_steps, "loss_first": losses[0], "loss_last": losses[-1],
+                         "loss_last10_mean": sum(losses[-10:]) / len(losses[-10:]),
+                         "train_seconds": student.train_seconds,
+                         "train_tokens_per_second": student.train_tokens / max(student.train_seconds, 1e-9)},
+               "generation": gen, "config": cfg.model_dump(mode="json")}
+        write_json(path, run)
+    if args.generate_only:
+        return {k_: v for k_, v in run.items() if k_ != "chains"}
+    by_user = dict(zip(run["users"], run["chains"], strict=True))
+    held = [r for r in held if r["user"] in by_user]
+    chains = [by_user[r["user"]] for r in held]
+    return {**run["train"], "machine": run["machine"], "eval_users": len(held),
+            "generation": {k_: v for k_, v in run["generation"].items() if k_ != "raw_examples"},
+            **_lora_fidelity(ds, held, train, chains, k, out),
+            "examples": [{"user": r["user"], "history_tail": student_texts(ds, [r["history"]], 3)[0],
+                          "teacher": r["steps"], "lora_student": c} for r, c in zip(held[:3], chains, strict=False)],
+            "config": run["config"]}
+
+
+def _lora_fidelity(ds: Any, held: list[dict[str, Any]], train: list[dict[str, Any]],
+                   chains: list[list[str] | None], k: int, out: Path) -> dict[str, Any]:
+    """The LoRA student's chains and the encoder student's H against the teacher's, on the same held-out users."""
+    from offline.reasoning import pipeline
+    from offline.reasoning.encode import chains_to_h
+
     h_lora, present = chains_to_h(chains, k)
     h_teacher, _ = chains_to_h([r["steps"] for r in held], k)
     h_mean, _ = chains_to_h([r["steps"] for r in train[:1000]], k)  # the constant-H baseline's mean
     encoder, _ = pipeline.load_encoder_student(out / "encoder_student.pt")
-    ecfg = encoder.config
-    texts, pooled = pipeline._student_inputs(ds, [r["history"] for r in held], ecfg)
+    texts, pooled = pipeline._student_inputs(ds, [r["history"] for r in held], encoder.config)
     h_enc = encoder.predict(texts, pooled=pooled)
-    seen = int(student.train_steps * cfg.batch_size)
-    return {"train_chains": len(train), "chains_seen": seen, "epochs_seen": seen / max(len(train), 1),
-            "train_steps": student.train_steps, "loss_first": losses[0], "loss_last": losses[-1],
-            "loss_last10_mean": sum(losses[-10:]) / len(losses[-10:]), "train_seconds": student.train_seconds,
-            "train_tokens_per_second": student.train_tokens / max(student.train_seconds, 1e-9),
-            "eval_users": len(held), "generation": {k_: v for k_, v in gen.items() if k_ != "raw_examples"},
-            "lora_fidelity": pipeline.fidelity(h_lora[present], h_teacher[present], h_mean),
-            "encoder_fidelity_same_users": pipeline.fidelity(h_enc[present], h_teacher[present], h_mean),
-            "examples": [{"user": r["user"], "history_tail": student_texts(ds, [r["history"]], 3)[0],
-                          "teacher": r["steps"], "lora_student": c} for r, c in zip(held[:3], chains, strict=False)],
-            "config": cfg.model_dump(mode="json")}
+    return {"lora_fidelity": pipeline.fidelity(h_lora[present], h_teacher[present], h_mean),
+            "encoder_fidelity_same_users": pipeline.fidelity(h_enc[present], h_teacher[present], h_mean)}
 
 
 def stage_validate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -171,13 +209,15 @@ def stage_validate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     ds = corpus.load(args.dataset)
     g = Grounding(ds)
-    items = item_embeddings(ds)
-    llm = _llm(out, f"validate{_tag(args)}", args.batch_size)
+    llm = _llm(out, f"validate{_tag(args)}", args.batch_size, threads=args.threads)
     rows = corpus.sample_users(ds, args.validate_users, 11)
     jobs: list[tuple[str, str, list[str] | None]] = [(v, v, None) for v in args.variants.split(",") if v]
     if args.template_users:
         for name in args.templates.split(","):
             jobs.append((f"grounded+{name}", "grounded", load_template(name, out / "gvm")))
+    if args.generate_only:
+        return _validate_generate(args, ds, g, llm, rows, jobs)
+    items = item_embeddings(ds)
     acc: dict[str, dict[str, Any]] = {k: {"scores": [], "cand": [], "scores@10": [], "cand@10": [], "ok": [],
                                           "seconds": 0.0, "tokens": 0, "examples": []} for k, _, _ in jobs}
     t0 = time.perf_counter()
@@ -217,6 +257,35 @@ def stage_validate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         write_json(out / f"validate{_tag(args)}" / "progress.json", res)
         log.info("validate after %d users: %s", start + args.chunk, json.dumps(
             {k: (v["recall@20"], v["recall@20_se"], v["well_formed_rate"]) for k, v in res.items()}))
+    return res
+
+
+def _validate_generate(args: argparse.Namespace, ds: Any, g: Any, llm: Any, rows: list[int],
+                       jobs: list[tuple[str, str, list[str] | None]]) -> dict[str, Any]:
+    """Validate's answers into its cache, round by round (--chunk users, every job in turn, so a deadline leaves
+    the jobs equally far); the users a later scoring run can take from the cache are `users_done`."""
+    from offline.reasoning.gvm import structured_generate, variant_examples
+
+    res: dict[str, Any] = {"jobs": {key: {"users": 0, "seconds": 0.0, "generated_tokens": 0} for key, _, _ in jobs}}
+    t0, done = time.perf_counter(), 0
+    for start in range(0, len(rows), args.chunk):
+        if args.max_seconds and time.perf_counter() - t0 > args.max_seconds:
+            log.warning("validate (generate only): max_seconds reached after %d users", start)
+            break
+        for key, variant, steps in jobs:
+            if steps and start >= args.template_users:
+                continue
+            cfg = _gvm_cfg(args, variant=variant)
+            chunk = rows[start:start + args.chunk]
+            t1, tok0 = time.perf_counter(), llm.generated_tokens
+            structured_generate(llm, variant_examples(cfg, ds, chunk, g, steps), cfg, cfg.seed, steps)
+            j = res["jobs"][key]
+            j["users"] += len(chunk)
+            j["seconds"] += time.perf_counter() - t1
+            j["generated_tokens"] += llm.generated_tokens - tok0
+        done = start + len(rows[start:start + args.chunk])
+    res.update(users_done=done, generated_tokens=llm.generated_tokens, seconds=time.perf_counter() - t0,
+               tokens_per_s=llm.generated_tokens / max(time.perf_counter() - t0, 1e-9))
     return res
 
 
@@ -271,7 +340,9 @@ def stage_report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return {
         **_candidate_reference(args),
         "benchmark": "reasoning", "dataset": args.dataset, "model": "SmolLM2-135M-Instruct (packaged GGUF, "
-        "de-quantised to float32, torch CPU)", "machine": machine(),
+        "de-quantised; float32 on a CPU without BF16 matmuls, bfloat16 on a GPU)", "machine": machine(),
+        "llm_work_elsewhere": {p.stem: {k: v for k, v in read_json(p).items() if k != "users"}
+                               for p in sorted((out / "stages").glob("generate_*.json"))},
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
         "h_dir": str(out), "carried_over": carried,
         "tokens_per_s": tr.get("tokens_per_second"),
@@ -351,6 +422,10 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=32, help="validate: users per variant per round")
     ap.add_argument("--max-seconds", type=float, default=None, help="validate/teacher: stop new work after this")
     ap.add_argument("--tag", default="", help="suffix of this run's stage, progress and cache files")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the LLM work")
+    ap.add_argument("--lora-batch-size", type=int, default=4, help="lora: pairs per training step")
+    ap.add_argument("--generate-only", action="store_true",
+                    help="teacher/lora/validate: the LLM work alone, scored by a later run without the flag")
     ap.add_argument("--speed-prompts", type=int, default=32)
     ap.add_argument("--speed-tokens", type=int, default=32)
     ap.add_argument("--results", default=str(REPO_ROOT / "benchmarks" / "results" / "beauty_reasoning.json"))
@@ -360,7 +435,7 @@ def main() -> None:
 
     from scoter.io import write_json
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     out = Path(args.out or artifacts_root() / args.dataset / "reasoning_v2")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -372,8 +447,9 @@ def main() -> None:
         return
     result = {"stage": args.stage, "command": "OMP_NUM_THREADS=1 PYTHONPATH=. python " + " ".join(sys.argv),
               "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "git_commit": git_commit(),
-              "stage_wall_s": time.perf_counter() - t0, **result}
-    write_json(out / "stages" / f"{args.stage}{_tag(args)}.json", result)
+              "machine": _machine(), "stage_wall_s": time.perf_counter() - t0, **result}
+    name = f"{'generate_' if args.generate_only else ''}{args.stage}{_tag(args)}"
+    write_json(out / "stages" / f"{name}.json", result)
     log.info("stage %s done in %.0fs", args.stage, result["stage_wall_s"])
 
 

@@ -60,7 +60,11 @@ class LocalLLMConfig(BaseModel):
         "transformers")
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         "auto", description="runtime 'llama': weight dtype (bfloat16 uses the CPU's BF16/AMX matmuls; float32 "
-        "gives transformers' greedy tokens; auto: bfloat16 where the CPU has BF16 matmuls, else float32)")
+        "gives transformers' greedy tokens; auto: bfloat16 on a GPU or where the CPU has BF16 matmuls, else "
+        "float32)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="engine 'torch': where the model runs (auto: cuda when torch sees a GPU); grammar "
+        "masks and sampling stay on the host")
     name: str = "smollm2-135m-instruct"
 
     def resolved(self) -> tuple[str, str | None]:
@@ -194,8 +198,8 @@ class LoraStudentConfig(BaseModel):
     max_length: int = Field(384, ge=32)
     max_seconds: float | None = Field(None, description="stop training after this wall time")
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="where training runs (auto: cuda when torch sees a GPU); the merged model writes its "
-        "chains on the CPU decoder either way")
+        "auto", description="where training runs (auto: cuda when torch sees a GPU, in bfloat16 autocast); the "
+        "merged model writes its chains where LocalLLMConfig.device says")
     gen_max_tokens: int = Field(160, ge=8)
     gen_batch_size: int = 8
     seed: int = 0

@@ -31,15 +31,17 @@ log = logging.getLogger(__name__)
 
 
 class Runtime(Protocol):
-    """What the decoder needs from a model: logits for a prefix, for padded suffixes after it, and per step."""
+    """What the decoder needs from a model: logits for a prefix, for padded suffixes after it, and per step.
+    Logits are float32 [rows, vocab], a numpy array or a torch tensor on the model's device (the decoder masks and
+    picks the nucleus there, so only [rows, 256] values cross to the host per step)."""
 
     vocab_size: int
 
     def prefix(self, ids: list[int]) -> Any: ...
 
-    def start(self, prefix_state: Any, suffixes: list[list[int]]) -> np.ndarray: ...
+    def start(self, prefix_state: Any, suffixes: list[list[int]]) -> Any: ...
 
-    def step(self, tokens: np.ndarray) -> np.ndarray: ...
+    def step(self, tokens: np.ndarray) -> Any: ...
 
     def keep(self, rows: np.ndarray) -> None: ...
 
@@ -84,11 +86,12 @@ def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
 class TorchRuntime:
     """A transformers causal LM with a DynamicCache; the prefix cache is copied and repeated per batch."""
 
-    def __init__(self, model: Any, threads: int = 1) -> None:
+    def __init__(self, model: Any, threads: int = 1, device: str = "cpu") -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.model = model
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
         head = model.get_output_embeddings()  # a dynamically quantised head has out_features, no weight tensor
         self.vocab_size = int(getattr(head, "out_features", None) or head.weight.shape[0])
         self._cache: Any = None
@@ -96,8 +99,9 @@ class TorchRuntime:
         self._pos: Any = None
 
     def _forward(self, ids: Any, mask: Any, pos: Any, cache: Any) -> Any:
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
-                         logits_to_keep=1)
+        d = self.device
+        out = self.model(input_ids=ids.to(d), attention_mask=mask.to(d), position_ids=pos.to(d), cache=cache,
+                         use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
 
     def prefix(self, ids: list[int]) -> Any:
@@ -130,7 +134,7 @@ class TorchRuntime:
         with torch.inference_mode():
             logits = self._forward(ids, mask, pos, cache)
         self._cache, self._mask, self._pos = cache, mask, pos[:, -1:].clone()
-        return logits.numpy()
+        return logits
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         import torch
@@ -138,15 +142,14 @@ class TorchRuntime:
         self._mask = torch.cat([self._mask, torch.ones((len(tokens), 1), dtype=torch.long)], dim=1)
         self._pos = self._pos + 1
         with torch.inference_mode():
-            logits = self._forward(torch.from_numpy(tokens.astype(np.int64))[:, None], self._mask, self._pos,
-                                   self._cache)
-        return logits.numpy()
+            return self._forward(torch.as_tensor(tokens, dtype=torch.long)[:, None], self._mask, self._pos,
+                                 self._cache)
 
     def keep(self, rows: np.ndarray) -> None:
         import torch
 
         idx = torch.from_numpy(rows.astype(np.int64))
-        self._cache.batch_select_indices(idx)
+        self._cache.batch_select_indices(idx.to(self.device))
         self._mask, self._pos = self._mask[idx], self._pos[idx]
 
 
@@ -186,11 +189,22 @@ def native_bf16() -> bool:
         return False
 
 
-def resolve_dtype(dtype: str) -> str:
-    """'auto' -> bfloat16 where the CPU computes it natively, float32 elsewhere."""
+def resolve_dtype(dtype: str, device: str = "cpu") -> str:
+    """'auto' -> bfloat16 on a GPU and where the CPU computes it natively, float32 elsewhere."""
     if dtype != "auto":
         return dtype
-    return "bfloat16" if native_bf16() else "float32"
+    return "bfloat16" if device.startswith("cuda") or native_bf16() else "float32"
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> cuda when torch sees a GPU, else cpu; 'cuda' without one is an error that says so."""
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' asked for, but torch sees no GPU (use auto or cpu)")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 class LlamaRuntime:
@@ -207,11 +221,14 @@ class LlamaRuntime:
       decode attention and the KV cache stay float32 (the prefill's attention runs in `dtype`).
     * `add` appends rows mid-flight and `keep` moves finishing rows' slots in place, so the decoder can keep the
       batch full.
+    * On a GPU (`device`) every tensor lives there and only the last position's logits come back to the host,
+      where the grammar masks and sampling run.
 
     The weights are copied when the runtime is built: a model trained afterwards needs a new runtime.
     """
 
-    def __init__(self, model: Any, threads: int = 1, dtype: str = "auto", grow: int = 64) -> None:
+    def __init__(self, model: Any, threads: int = 1, dtype: str = "auto", grow: int = 64,
+                 device: str = "cpu") -> None:
         import torch
 
         why = llama_supported(model)
@@ -219,30 +236,31 @@ class LlamaRuntime:
             raise ValueError(f"runtime 'llama': cannot run this model ({why}); use runtime 'transformers'")
         if dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype: expected auto, float32 or bfloat16, got {dtype!r}")
-        dtype = resolve_dtype(dtype)
+        dtype = resolve_dtype(dtype, device)
         torch.set_num_threads(threads)
+        self.device = dev = torch.device(device)
         cfg = model.config
         self.dtype = getattr(torch, dtype)
         self.hd = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         self.nh, self.nkv = int(cfg.num_attention_heads), int(cfg.num_key_value_heads)
         self.eps = float(cfg.rms_norm_eps)
         self.grow = grow
-        self.inv_freq = model.model.rotary_emb.inv_freq.float().clone()
+        self.inv_freq = model.model.rotary_emb.inv_freq.to(dev, torch.float32, copy=True)
         dt = self.dtype
+        f32 = lambda w: w.to(dev, torch.float32, copy=True)  # noqa: E731
+        low = lambda w: w.to(dev, dt, copy=True).contiguous()  # noqa: E731
         with torch.no_grad():
             self.layers = []
             for layer in model.model.layers:
                 a, m = layer.self_attn, layer.mlp
                 wqkv = torch.cat([self._interleave(a.q_proj.weight, self.nh),
                                   self._interleave(a.k_proj.weight, self.nkv), a.v_proj.weight])
-                self.layers.append((layer.input_layernorm.weight.float().clone(), wqkv.to(dt).contiguous(),
-                                    a.o_proj.weight.to(dt).contiguous(),
-                                    layer.post_attention_layernorm.weight.float().clone(),
-                                    torch.cat([m.gate_proj.weight, m.up_proj.weight]).to(dt).contiguous(),
-                                    m.down_proj.weight.to(dt).contiguous()))
-            self.embed = model.model.embed_tokens.weight.float().clone()
-            self.norm = model.model.norm.weight.float().clone()
-            self.head = model.lm_head.weight.to(dt).contiguous()
+                self.layers.append((f32(layer.input_layernorm.weight), low(wqkv), low(a.o_proj.weight),
+                                    f32(layer.post_attention_layernorm.weight),
+                                    low(torch.cat([m.gate_proj.weight, m.up_proj.weight])), low(m.down_proj.weight)))
+            self.embed = f32(model.model.embed_tokens.weight)
+            self.norm = f32(model.model.norm.weight)
+            self.head = low(model.lm_head.weight)
         self.vocab_size = int(self.head.shape[0])
         self._kt: list[Any] = []
         self._v: list[Any] = []
@@ -288,11 +306,11 @@ class LlamaRuntime:
             x = x + F.linear(F.silu(g) * u, wd).float()
         return x
 
-    def _logits(self, x: Any) -> np.ndarray:
+    def _logits(self, x: Any) -> Any:
         import torch.nn.functional as F
 
         h = F.rms_norm(x[:, -1], (x.shape[-1],), self.norm, self.eps)
-        return F.linear(h.to(self.dtype), self.head).float().numpy()
+        return F.linear(h.to(self.dtype), self.head).float()
 
     def prefix(self, ids: list[int]) -> Any:
         import torch
@@ -302,7 +320,7 @@ class LlamaRuntime:
         kts: list[Any] = []
         vs: list[Any] = []
         if p:
-            causal = torch.ones(p, p, dtype=torch.bool).tril()[None, None]
+            causal = torch.ones(p, p, dtype=torch.bool, device=self.device).tril()[None, None]
 
             def attend(li: int, q: Any, k: Any, v: Any) -> Any:
                 kts.append(k[0].transpose(1, 2).contiguous())  # [kv_heads, hd, p]
@@ -311,11 +329,12 @@ class LlamaRuntime:
                 return o.transpose(1, 2).reshape(1, p, -1)
 
             with torch.inference_mode():
-                self._layers(torch.tensor([ids]), torch.arange(p)[None], attend)
+                self._layers(torch.tensor([ids], device=self.device), torch.arange(p, device=self.device)[None],
+                             attend)
         return (kts, vs, p)
 
     def _block(self, prefix_state: Any, suffixes: list[list[int]], kts: list[Any], vs: list[Any],
-               c0: int) -> tuple[np.ndarray, Any, Any]:
+               c0: int) -> tuple[Any, Any, Any]:
         """Runs the rows' suffixes (left-padded to one width w) after the prefix, writing their keys/values to
         columns [c0, c0 + w) of `kts` / `vs`; returns (last-position logits, valid [rows, w], last positions)."""
         import torch
@@ -333,7 +352,8 @@ class LlamaRuntime:
         t = torch.arange(w)
         own = valid[:, None, :] & (t[None, :] <= t[:, None])[None]
         own |= torch.eye(w, dtype=torch.bool)[None]  # a padding query sees itself: no all-masked row, no NaN
-        mask = torch.cat([torch.ones((b, w, p), dtype=torch.bool), own], 2)[:, None]
+        mask = torch.cat([torch.ones((b, w, p), dtype=torch.bool), own], 2)[:, None].to(self.device)
+        ids, pos, valid = ids.to(self.device), pos.to(self.device), valid.to(self.device)
 
         def attend(li: int, q: Any, k: Any, v: Any) -> Any:
             kts[li][..., c0:c0 + w] = k.transpose(2, 3)
@@ -352,10 +372,11 @@ class LlamaRuntime:
     def _alloc(self, rows: int, cols: int) -> tuple[list[Any], list[Any]]:
         import torch
 
-        return ([torch.zeros((rows, self.nkv, self.hd, cols)) for _ in self.layers],
-                [torch.zeros((rows, self.nkv, cols, self.hd)) for _ in self.layers])
+        d = self.device
+        return ([torch.zeros((rows, self.nkv, self.hd, cols), device=d) for _ in self.layers],
+                [torch.zeros((rows, self.nkv, cols, self.hd), device=d) for _ in self.layers])
 
-    def start(self, prefix_state: Any, suffixes: list[list[int]]) -> np.ndarray:
+    def start(self, prefix_state: Any, suffixes: list[list[int]]) -> Any:
         import torch
 
         w = max(len(s) for s in suffixes)
@@ -365,7 +386,7 @@ class LlamaRuntime:
         self._prefix_state, self._n = prefix_state, w
         return logits
 
-    def add(self, prefix_state: Any, suffixes: list[list[int]]) -> np.ndarray:
+    def add(self, prefix_state: Any, suffixes: list[list[int]]) -> Any:
         """New rows appended after the live ones (continuous batching): their suffixes end at the current
         column, so every row's next token goes to the same column."""
         import torch
@@ -382,7 +403,7 @@ class LlamaRuntime:
         cols = self._v[0].shape[2]
         kt, v = self._alloc(len(suffixes), cols)
         logits, valid, pos = self._block(prefix_state, suffixes, kt, v, self._n - w)
-        full = torch.zeros((len(suffixes), cols), dtype=torch.bool)
+        full = torch.zeros((len(suffixes), cols), dtype=torch.bool, device=self.device)
         full[:, self._n - w:self._n] = valid
         self._kt = [torch.cat([a, b]) for a, b in zip(self._kt, kt, strict=True)]
         self._v = [torch.cat([a, b]) for a, b in zip(self._v, v, strict=True)]
@@ -390,7 +411,7 @@ class LlamaRuntime:
         self._pos = torch.cat([self._pos, pos])
         return logits
 
-    def step(self, tokens: np.ndarray) -> np.ndarray:
+    def step(self, tokens: Any) -> Any:
         import torch
 
         b = len(tokens)
@@ -404,7 +425,7 @@ class LlamaRuntime:
         rep = self.nh // nkv
         self._valid[:, n] = True
         self._pos = self._pos + 1
-        bias = torch.zeros((b, n + 1)).masked_fill_(~self._valid[:, :n + 1], float("-inf"))[:, None, None]
+        bias = torch.zeros((b, n + 1), device=self.device).masked_fill_(~self._valid[:, :n + 1], float("-inf"))[:, None, None]
         scale = hd ** -0.5
 
         def attend(li: int, q: Any, k: Any, v: Any) -> Any:
@@ -422,7 +443,7 @@ class LlamaRuntime:
             return (o + o_pre.view(nkv, b, rep, hd).transpose(0, 1)).reshape(b, 1, -1)
 
         with torch.inference_mode():
-            x = self._layers(torch.from_numpy(tokens.astype(np.int64))[:, None], self._pos, attend)
+            x = self._layers(torch.as_tensor(tokens, dtype=torch.long).to(self.device)[:, None], self._pos, attend)
             logits = self._logits(x)
         self._n = n + 1
         return logits
@@ -445,7 +466,7 @@ class LlamaRuntime:
             self._v = [t[:k] for t in self._v]
             self._valid, self._pos = self._valid[:k], self._pos[:k]
         else:
-            idx = torch.from_numpy(rows.astype(np.int64))
+            idx = torch.from_numpy(rows.astype(np.int64)).to(self.device)
             self._kt = [t.index_select(0, idx) for t in self._kt]
             self._v = [t.index_select(0, idx) for t in self._v]
             self._valid, self._pos = self._valid[idx], self._pos[idx]
@@ -482,27 +503,34 @@ class GrammarCache:
         return self._compiled[ebnf]
 
 
-def sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> np.ndarray:
-    """Greedy at temperature 0, else nucleus sampling, per row; -inf entries (masked tokens) never win."""
+def as_tensor(logits: Any) -> Any:
+    """A runtime's logits as a float32 torch tensor (a numpy array is wrapped, not copied)."""
+    import torch
+
+    if isinstance(logits, torch.Tensor):
+        return logits.float()
+    return torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+
+
+def sample(logits: Any, temperature: float, top_p: float, rng: np.random.Generator) -> np.ndarray:
+    """Next token per row: greedy at temperature 0, else nucleus sampling; -inf entries (masked tokens) never
+    win. `logits` is a torch tensor on any device: the nucleus is taken inside each row's 256 most likely tokens
+    there, and only those cross to the host, where every row is drawn at once by inverting its distribution."""
+    import torch
+
     if temperature <= 0:
-        return logits.argmax(axis=1)
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    out = np.empty(len(p), np.int64)
-    for r in range(len(p)):
-        row = p[r]
-        if top_p < 1.0:
-            order = np.argpartition(-row, min(256, len(row) - 1))[:256]  # the nucleus lives in the top few
-            order = order[np.argsort(-row[order])]
-            cum = np.cumsum(row[order])
-            keep = order[: int(np.searchsorted(cum, top_p * cum[-1])) + 1]
-            w = row[keep] / row[keep].sum()
-            out[r] = keep[rng.choice(len(keep), p=w)]
-        else:
-            out[r] = rng.choice(len(row), p=row)
-    return out
+        return logits.argmax(dim=1).cpu().numpy()
+    if top_p < 1.0:
+        top, order = torch.topk(logits, min(256, logits.shape[1]), dim=1)  # sorted, most likely first
+        z, order = top.cpu().numpy() / temperature, order.cpu().numpy()
+    else:
+        z, order = logits.cpu().numpy() / temperature, None
+    cum = np.cumsum(np.exp(z - z.max(axis=1, keepdims=True)), axis=1)
+    if top_p < 1.0:  # the smallest sorted head whose mass reaches top_p, the token that crosses it included
+        cut = (cum < top_p * cum[:, -1:]).sum(axis=1, keepdims=True)
+        cum = np.minimum(cum, np.take_along_axis(cum, cut, axis=1))
+    pick = np.minimum((cum <= rng.random((len(cum), 1)) * cum[:, -1:]).sum(axis=1), cum.shape[1] - 1)
+    return pick if order is None else order[np.arange(len(pick)), pick]
 
 
 class Decoder:
@@ -536,6 +564,7 @@ class Decoder:
     def generate(self, reqs: Sequence[GenRequest], *, temperature: float = 0.7, top_p: float = 0.9,
                  seed: int | None = None, repetition_penalty: float = 1.0) -> list[list[int]]:
         """Token ids generated for each request (EOS excluded), in request order."""
+        import torch
         import xgrammar as xgr
 
         rng = np.random.default_rng(seed)
@@ -554,7 +583,7 @@ class Decoder:
         any_grammar = any(r.grammar for r in reqs)
         bitmask = xgr.allocate_token_bitmask(self.batch_size, vocab) if any_grammar else None
         live: list[int] = []  # request index of each runtime row
-        logits: np.ndarray | None = None
+        logits: Any = None
         done, gen0 = 0, self.stats.generated_tokens
         while True:
             free = self.batch_size - len(live)
@@ -563,9 +592,9 @@ class Decoder:
                 state = self._prefix(reqs[idx[0]].ids[:p])
                 suffixes = [reqs[i].ids[p:] for i in idx]
                 if live:
-                    logits = np.concatenate([logits, self.rt.add(state, suffixes)])
+                    logits = torch.cat([logits, as_tensor(self.rt.add(state, suffixes))])
                 else:
-                    logits = self.rt.start(state, suffixes)
+                    logits = as_tensor(self.rt.start(state, suffixes))
                 for i in idx:
                     if reqs[i].grammar:
                         matchers[i] = xgr.GrammarMatcher(self.grammars().get(reqs[i].grammar))
@@ -611,27 +640,37 @@ class Decoder:
                     continue
                 self.rt.keep(keep)
                 toks = toks[keep]
-            logits = self.rt.step(toks)
+            logits = as_tensor(self.rt.step(toks))
         self.stats.seconds += time.perf_counter() - t0
         return gen
 
-    def _choose(self, logits: np.ndarray, live: list[int], reqs: Sequence[GenRequest], gen: list[list[int]],
+    def _choose(self, logits: Any, live: list[int], reqs: Sequence[GenRequest], gen: list[list[int]],
                 matchers: list[Any], line_len: list[int], bitmask: Any, temperature: float, top_p: float,
                 rng: np.random.Generator, repetition_penalty: float) -> tuple[np.ndarray, int]:
-        """Next token per live row: repetition penalty, grammar mask, per-line cap, then sampling."""
+        """Next token per live row: repetition penalty, grammar mask, per-line cap, then sampling. The logits stay
+        where the runtime made them; the masks are built on the host and applied there in one call each."""
+        import torch
+
+        with torch.inference_mode():  # the runtime's logits are inference tensors, changed in place
+            return self._masked_sample(logits[:, :self.rt.vocab_size], live, reqs, gen, matchers, line_len,
+                                       bitmask, temperature, top_p, rng, repetition_penalty)
+
+    def _masked_sample(self, lg: Any, live: list[int], reqs: Sequence[GenRequest], gen: list[list[int]],
+                       matchers: list[Any], line_len: list[int], bitmask: Any, temperature: float, top_p: float,
+                       rng: np.random.Generator, repetition_penalty: float) -> tuple[np.ndarray, int]:
         import torch
         import xgrammar as xgr
 
-        logits = np.array(logits[:, :self.rt.vocab_size], dtype=np.float32)
         if repetition_penalty != 1.0:
-            for row, i in enumerate(live):
-                if gen[i]:
-                    seen = np.unique(np.asarray(gen[i], np.int64))
-                    v = logits[row, seen]
-                    logits[row, seen] = np.where(v > 0, v / repetition_penalty, v * repetition_penalty)
+            seen = [np.unique(np.asarray(gen[i], np.int64)) for i in live]
+            rows = np.repeat(np.arange(len(live)), [len(x) for x in seen])
+            if len(rows):
+                r = torch.from_numpy(rows).to(lg.device)
+                c = torch.from_numpy(np.concatenate(seen)).to(lg.device)
+                v = lg[r, c]
+                lg[r, c] = torch.where(v > 0, v / repetition_penalty, v * repetition_penalty)
         forced: dict[int, int] = {}
         if bitmask is not None:
-            lg = torch.from_numpy(logits)
             for row, i in enumerate(live):
                 m = matchers[i]
                 if m is None:
@@ -641,8 +680,9 @@ class Decoder:
                 cap = reqs[i].line_max_tokens
                 if cap and line_len[i] >= cap and _allows(bitmask, row, self.newline):
                     forced[row] = self.newline  # per-line cap: end the step once the grammar lets us
-            xgr.apply_token_bitmask_inplace(lg, bitmask[: len(live)])
-        toks = sample(logits, temperature, top_p, rng)
+            xgr.apply_token_bitmask_inplace(lg, bitmask[: len(live)].to(lg.device),
+                                            backend="cpu" if lg.device.type == "cpu" else "torch_native")
+        toks = sample(lg, temperature, top_p, rng)
         for row, t in forced.items():
             toks[row] = t
         return toks, len(forced)

@@ -101,17 +101,17 @@ def gen_requests(tok: Any, chats: Sequence[Chat], params: SamplingParams, max_in
 
 def make_runtime(model: Any, config: LocalLLMConfig) -> Any:
     """The decoder's runtime for `model` as `config.runtime` / `config.dtype` ask (see LocalLLMConfig)."""
-    from offline.reasoning.fastgen import LlamaRuntime, TorchRuntime, llama_supported
+    from offline.reasoning.fastgen import LlamaRuntime, TorchRuntime, llama_supported, resolve_device
 
-    kind = config.runtime
+    kind, device = config.runtime, resolve_device(config.device)
     if kind == "auto":
         why = llama_supported(model)
         kind = "transformers" if why else "llama"
         if why:
             log.info("runtime auto: transformers (%s)", why)
     if kind == "llama":
-        return LlamaRuntime(model, threads=config.num_threads, dtype=config.dtype)
-    return TorchRuntime(model, threads=config.num_threads)
+        return LlamaRuntime(model, threads=config.num_threads, dtype=config.dtype, device=device)
+    return TorchRuntime(model, threads=config.num_threads, device=device)
 
 
 class LocalLLM:

@@ -24,6 +24,7 @@ from offline.fusion.model import info_nce
 from offline.reasoning import prompts
 from offline.reasoning.config import EncoderStudentConfig, LocalLLMConfig, LoraStudentConfig, SamplingParams
 from offline.reasoning.encode import embedding_dim
+from offline.reasoning.fastgen import resolve_device
 from offline.reasoning.parsing import split_chain
 
 log = logging.getLogger(__name__)
@@ -197,10 +198,13 @@ class LoraStudent:
         pairs = [_encode_pair(self.tok, c, a, cfg.max_length) for c, a in zip(chats, answers, strict=True)]
         if not pairs:
             raise ValueError("LoRA student: no training pairs (every teacher chain was rejected)")
-        if cfg.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("LoraStudentConfig.device: 'cuda' asked for, but torch sees no GPU (use auto or cpu)")
-        device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(resolve_device(cfg.device))
+        except ValueError as exc:
+            raise ValueError(f"LoraStudentConfig.{exc}") from None
         self.model.to(device)
+        # bfloat16 autocast on a GPU: the LoRA and base weights stay float32, the matmuls run at tensor-core rate
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
         opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr)
         rng = random.Random(cfg.seed)
         losses: list[float] = []
@@ -219,7 +223,9 @@ class LoraStudent:
             ids = torch.tensor([[pad] * (width - len(i)) + i for i, _ in batch])
             lab = torch.tensor([[-100] * (width - len(b)) + b for _, b in batch])
             att = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i, _ in batch])
-            loss = self.model(input_ids=ids.to(device), attention_mask=att.to(device), labels=lab.to(device)).loss
+            with autocast:
+                loss = self.model(input_ids=ids.to(device), attention_mask=att.to(device),
+                                  labels=lab.to(device)).loss
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -237,7 +243,7 @@ class LoraStudent:
                 log.info("LoRA: stopping after %d steps (max_seconds=%s)", step + 1, cfg.max_seconds)
                 break
         self.train_seconds += time.perf_counter() - t0
-        self.model.to("cpu").eval()  # generation and saving run on the CPU
+        self.model.to("cpu").eval()  # saved from the CPU; generation goes where LocalLLMConfig.device says
         return losses
 
     def llm(self) -> Any:

@@ -91,3 +91,23 @@ def test_repetition_check() -> None:
     assert degenerate("ire ire ire ire ire")
     assert degenerate("expand the previous step to expand the previous step to expand the previous step")
     assert not degenerate("Recent nail purchases -> Match brand and finish -> Recommend a top coat")
+
+
+def test_nucleus_sampling_draws_only_from_the_head_in_proportion() -> None:
+    """Probabilities 0.5 / 0.3 / 0.15 / 0.05 and one masked (-inf) token: top_p 0.7 keeps the first two,
+    renormalised to 0.625 / 0.375; top_p 1 draws all four in proportion; temperature 0 is the argmax; the
+    masked token never comes up."""
+    import numpy as np
+    import torch
+
+    from offline.reasoning.fastgen import sample
+
+    p = np.array([0.5, 0.3, 0.15, 0.05])
+    lg = torch.tensor(np.tile(np.append(np.log(p), -np.inf), (20000, 1)), dtype=torch.float32)
+    rng = np.random.default_rng(0)
+    head = np.bincount(sample(lg, 1.0, 0.7, rng), minlength=5) / len(lg)
+    np.testing.assert_allclose(head, [0.625, 0.375, 0, 0, 0], atol=0.015)
+    full = np.bincount(sample(lg, 1.0, 1.0, rng), minlength=5) / len(lg)
+    np.testing.assert_allclose(full, [*p, 0], atol=0.015)
+    assert full[4] == 0 and head[2:].sum() == 0
+    assert (sample(lg, 0.0, 0.7, rng) == 0).all()

@@ -1,7 +1,8 @@
 """fastgen.LlamaRuntime against transformers' own forward (TorchRuntime): at float32 the same greedy tokens, through
 continuous batching (rows leaving, rows joining, joining rows longer than the live ones); at bfloat16 well-formed
 answers that mostly agree. A tiny random Llama checks the cache bookkeeping exactly and fast; the real packaged
-SmolLM2-135M checks the real weights on short generations."""
+SmolLM2-135M checks the real weights on short generations. The CUDA cases run where torch sees a GPU (the device
+machine of benchmarks/gpu_reasoning.sh) and are skipped elsewhere."""
 
 from __future__ import annotations
 
@@ -53,11 +54,20 @@ def test_auto_dtype_takes_bfloat16_only_where_the_cpu_computes_it(tiny_llama, mo
         LlamaRuntime(tiny_llama, dtype="float16")
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+def _np(logits) -> np.ndarray:
+    """A runtime's logits (a torch tensor on its device, or a numpy array) on the host."""
+    return logits.cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
+
+
 def _steps(rt, prefix: list[int], suffixes: list[list[int]], n: int) -> list[np.ndarray]:
     """Greedy logits of n steps for each row."""
-    out = [rt.start(rt.prefix(prefix), suffixes)]
+    out = [_np(rt.start(rt.prefix(prefix), suffixes))]
     for _ in range(n):
-        out.append(rt.step(out[-1].argmax(1)))
+        out.append(_np(rt.step(out[-1].argmax(1))))
     return out
 
 
@@ -71,10 +81,11 @@ def test_float32_logits_match_transformers_with_and_without_a_prefix(tiny_llama)
             np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_rows_joining_and_leaving_keep_each_rows_logits(tiny_llama) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_rows_joining_and_leaving_keep_each_rows_logits(tiny_llama, device: str) -> None:
     """Rows added mid-flight (one with a suffix longer than the live rows' columns, so they shift; one shorter, so
     it is padded), rows removed in swap-remove order and in an arbitrary order: every row's logits are those of
-    the row decoded alone."""
+    the row decoded alone on the CPU."""
     rng = np.random.default_rng(1)
     prefix = rng.integers(3, 96, 4).tolist()
     rows = [rng.integers(3, 96, k).tolist() for k in (3, 2, 4, 12, 6)]
@@ -82,13 +93,13 @@ def test_rows_joining_and_leaving_keep_each_rows_logits(tiny_llama) -> None:
     def alone(s: list[int], n: int) -> list[np.ndarray]:
         return [x[0] for x in _steps(LlamaRuntime(tiny_llama, dtype="float32"), prefix, [s], n)]
 
-    rt = LlamaRuntime(tiny_llama, dtype="float32", grow=2)  # a small chunk: the caches grow several times
+    rt = LlamaRuntime(tiny_llama, dtype="float32", grow=2, device=device)  # small chunks: caches grow often
     state = rt.prefix(prefix)
-    lg = rt.start(state, rows[:3])
+    lg = _np(rt.start(state, rows[:3]))
     live, seen = [0, 1, 2], {0: [lg[0]], 1: [lg[1]], 2: [lg[2]]}
     for t in range(7):
         if t == 2:
-            lg = np.concatenate([lg, rt.add(state, rows[3:])])  # 12 tokens > the 3 + 2 columns in use
+            lg = np.concatenate([lg, _np(rt.add(state, rows[3:]))])  # 12 tokens > the 3 + 2 columns in use
             live += [3, 4]
             seen[3], seen[4] = [lg[-2]], [lg[-1]]
             continue
@@ -100,12 +111,30 @@ def test_rows_joining_and_leaving_keep_each_rows_logits(tiny_llama) -> None:
             keep = np.array([2, 0, 3, 1], np.int64)  # an order that is not swap-remove: the general path
             rt.keep(keep)
             live, lg = [live[r] for r in keep], lg[keep]
-        lg = rt.step(lg.argmax(1))
+        lg = _np(rt.step(lg.argmax(1)))
         for r, i in enumerate(live):
             seen[i].append(lg[r])
     for i, got in seen.items():
         want = alone(rows[i], len(got) - 1)
-        np.testing.assert_allclose(np.stack(got), np.stack(want), atol=1e-4, rtol=1e-4)
+        tol = 1e-4 if device == "cpu" else 1e-3  # another device's kernels sum in another order
+        np.testing.assert_allclose(np.stack(got), np.stack(want), atol=tol, rtol=tol)
+
+
+@CUDA
+def test_cuda_decoder_gives_the_cpu_greedy_answers_under_a_grammar(local_llm) -> None:
+    """The real model through the decoder on the GPU (float32: masks, repetition penalty and the line cap applied
+    on the device) writes the CPU's greedy answers; in bfloat16, the GPU default, the answers stay well formed."""
+    model, tok = local_llm._load()
+    g = grammars.numbered_steps(2, step_chars=40)
+    reqs = _requests(tok, 5, 24, g)
+
+    def run(device: str, dtype: str) -> list[list[int]]:
+        rt = LlamaRuntime(model, dtype=dtype, device=device)
+        return Decoder(rt, tok, batch_size=3, refill=1).generate(reqs, temperature=0.0, repetition_penalty=1.1)
+
+    assert run("cuda", "float32") == run("cpu", "float32")
+    for ids in run("cuda", "auto"):
+        assert len(numbered_lines(tok.decode(ids, skip_special_tokens=True), 2)) == 2
 
 
 def test_swap_remove_moves_only_rows_from_the_tail() -> None:
