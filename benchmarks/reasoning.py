@@ -8,6 +8,8 @@ writes its output atomically and skips itself when that output exists):
             users with the discovered template -> encoder student (held-out fidelity) -> H for every user
   lora      the paper's LoRA student on the teacher's chains (time-boxed) and its held-out fidelity
   validate  Validate Recall@20 of the teacher's recommendations per prompt variant on --validate-users
+            (--validate-after N: only the sample's users beyond the first N, each figure extending the results
+            file's entry over those N, so a larger sample grows from an earlier run)
   report    gathers the stages into benchmarks/results/beauty_reasoning.json
 
 --generate-only runs a stage's LLM work and nothing else (no sentence encoder, no scoring): the answers land in
@@ -211,6 +213,9 @@ def stage_validate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     g = Grounding(ds)
     llm = _llm(out, f"validate{_tag(args)}", args.batch_size, threads=args.threads)
     rows = corpus.sample_users(ds, args.validate_users, 11)
+    if args.validate_after:  # the same seeded sample, without the users an earlier run already scored
+        first = set(corpus.sample_users(ds, args.validate_after, 11))
+        rows = [u for u in rows if u not in first]
     jobs: list[tuple[str, str, list[str] | None]] = [(v, v, None) for v in args.variants.split(",") if v]
     if args.template_users:
         for name in args.templates.split(","):
@@ -220,6 +225,9 @@ def stage_validate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     items = item_embeddings(ds)
     acc: dict[str, dict[str, Any]] = {k: {"scores": [], "cand": [], "scores@10": [], "cand@10": [], "ok": [],
                                           "seconds": 0.0, "tokens": 0, "examples": []} for k, _, _ in jobs}
+    earlier: dict[str, Any] = {}
+    if args.validate_after:
+        earlier = _continue_earlier(args, ds, g, acc)
     t0 = time.perf_counter()
     for start in range(0, len(rows), args.chunk):
         if args.max_seconds and time.perf_counter() - t0 > args.max_seconds:
@@ -253,11 +261,41 @@ def stage_validate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                             a["scores@10"], a["cand@10"]) if len(a["cand@10"]) == len(a["scores@10"]) else None,
                         "well_formed_rate": float(sum(a["ok"]) / max(len(a["ok"]), 1)), "seconds": a["seconds"],
                         "user_scores": a["scores"], "user_scores@10": a["scores@10"],
-                        "generated_tokens": a["tokens"], "examples": a["examples"]}
+                        "generated_tokens": a["tokens"], "examples": a["examples"],
+                        **({"continues": earlier[key]} if key in earlier else {})}
         write_json(out / f"validate{_tag(args)}" / "progress.json", res)
         log.info("validate after %d users: %s", start + args.chunk, json.dumps(
             {k: (v["recall@20"], v["recall@20_se"], v["well_formed_rate"]) for k, v in res.items()}))
     return res
+
+
+def _continue_earlier(args: argparse.Namespace, ds: Any, g: Any, acc: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Seeds each job's tallies with the --results entry over the first --validate-after users (its per-user
+    scores; the candidates' own hits recomputed, they need no LLM), so this run's rows extend that sample and
+    every figure covers both; returns where each earlier part comes from."""
+    from offline.reasoning import corpus
+    from offline.reasoning.config import GVMConfig
+    from scoter.io import read_json
+
+    results = read_json(Path(args.results))
+    prev, n = results.get("validate") or {}, args.validate_after
+    rows = corpus.sample_users(ds, n, 11)
+    cfg = GVMConfig()
+    cands = [g.candidates(ds.sequences[u][:-2], cfg.candidates)[0] for u in rows]
+    hit = lambda k: [float(int(ds.sequences[u][-2]) in c[:k]) for u, c in zip(rows, cands, strict=True)]  # noqa: E731
+    origin = {}
+    for key, a in acc.items():
+        old = prev.get(key) or {}
+        if old.get("users") != n or len(old.get("user_scores@10") or []) != n:
+            raise ValueError(f"--validate-after {n}: {args.results} has no '{key}' entry with per-user scores of "
+                             f"{n} users")
+        ok = round(old["well_formed_rate"] * n)
+        a.update(scores=list(old["user_scores"]), cand=hit(cfg.recall_k), ok=[True] * ok + [False] * (n - ok),
+                 seconds=float(old["seconds"]), tokens=int(old["generated_tokens"]), examples=old["examples"])
+        a["scores@10"], a["cand@10"] = list(old["user_scores@10"]), hit(cfg.rerank_k)
+        origin[key] = {"users": n, **(results.get("carried_over", {}).get(f"validate:{key}")
+                                      or {"date": results.get("date"), "git_commit": results.get("git_commit")})}
+    return origin
 
 
 def _validate_generate(args: argparse.Namespace, ds: Any, g: Any, llm: Any, rows: list[int],
@@ -419,6 +457,8 @@ def main() -> None:
     ap.add_argument("--variants", default="grounded,plain,hindsight")
     ap.add_argument("--templates", default="discovered,two_step,three_step,five_step")
     ap.add_argument("--template-users", type=int, default=0, help="users per template comparison (0 = skip)")
+    ap.add_argument("--validate-after", type=int, default=0,
+                    help="validate: skip the first N users of the sample and extend --results' entries over them")
     ap.add_argument("--chunk", type=int, default=32, help="validate: users per variant per round")
     ap.add_argument("--max-seconds", type=float, default=None, help="validate/teacher: stop new work after this")
     ap.add_argument("--tag", default="", help="suffix of this run's stage, progress and cache files")

@@ -84,7 +84,8 @@ def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
 
 
 class TorchRuntime:
-    """A transformers causal LM with a DynamicCache; the prefix cache is copied and repeated per batch."""
+    """A transformers causal LM with a DynamicCache; the prefix cache is copied and repeated per batch. The model
+    is moved to `device` (not copied)."""
 
     def __init__(self, model: Any, threads: int = 1, device: str = "cpu") -> None:
         import torch

@@ -63,6 +63,17 @@ def _np(logits) -> np.ndarray:
     return logits.cpu().numpy() if isinstance(logits, torch.Tensor) else np.asarray(logits)
 
 
+def test_device_auto_takes_the_gpu_only_where_torch_sees_one(tiny_llama) -> None:
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert LocalLLMConfig().device == "auto"
+    assert make_runtime(tiny_llama, LocalLLMConfig()).device.type == want
+    assert make_runtime(tiny_llama, LocalLLMConfig(runtime="transformers")).device.type == want
+    assert make_runtime(tiny_llama, LocalLLMConfig(device="cpu")).device.type == "cpu"
+    if not torch.cuda.is_available():  # asking for a GPU that is not there is an error that says so
+        with pytest.raises(ValueError, match="torch sees no GPU"):
+            make_runtime(tiny_llama, LocalLLMConfig(device="cuda"))
+
+
 def _steps(rt, prefix: list[int], suffixes: list[list[int]], n: int) -> list[np.ndarray]:
     """Greedy logits of n steps for each row."""
     out = [_np(rt.start(rt.prefix(prefix), suffixes))]
