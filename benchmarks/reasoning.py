@@ -228,16 +228,11 @@ def stage_validate(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     earlier: dict[str, Any] = {}
     if args.validate_after:
         earlier = _continue_earlier(args, ds, g, acc)
-    t0 = time.perf_counter()
-    for start in range(0, len(rows), args.chunk):
-        if args.max_seconds and time.perf_counter() - t0 > args.max_seconds:
-            log.warning("validate: max_seconds reached after %d users", start)
-            break
-        for key, variant, steps in jobs:
-            if steps and start >= args.template_users:
-                continue
-            r = validate_variant(_gvm_cfg(args, variant=variant), llm, ds, rows=rows[start:start + args.chunk],
-                                 fixed_path=steps, grounding=g, item_emb=items)
+    res: dict[str, Any] = {}
+    for start, chunk, active in _rounds(args, rows, jobs):
+        for key, variant, steps in active:
+            r = validate_variant(_gvm_cfg(args, variant=variant), llm, ds, rows=chunk, fixed_path=steps,
+                                 grounding=g, item_emb=items)
             a = acc[key]
             a["scores"] += r["scores"]
             a["cand"] += r["candidate_scores"]
@@ -306,25 +301,30 @@ def _validate_generate(args: argparse.Namespace, ds: Any, g: Any, llm: Any, rows
 
     res: dict[str, Any] = {"jobs": {key: {"users": 0, "seconds": 0.0, "generated_tokens": 0} for key, _, _ in jobs}}
     t0, done = time.perf_counter(), 0
-    for start in range(0, len(rows), args.chunk):
-        if args.max_seconds and time.perf_counter() - t0 > args.max_seconds:
-            log.warning("validate (generate only): max_seconds reached after %d users", start)
-            break
-        for key, variant, steps in jobs:
-            if steps and start >= args.template_users:
-                continue
+    for start, chunk, active in _rounds(args, rows, jobs):
+        for key, variant, steps in active:
             cfg = _gvm_cfg(args, variant=variant)
-            chunk = rows[start:start + args.chunk]
             t1, tok0 = time.perf_counter(), llm.generated_tokens
             structured_generate(llm, variant_examples(cfg, ds, chunk, g, steps), cfg, cfg.seed, steps)
             j = res["jobs"][key]
             j["users"] += len(chunk)
             j["seconds"] += time.perf_counter() - t1
             j["generated_tokens"] += llm.generated_tokens - tok0
-        done = start + len(rows[start:start + args.chunk])
+        done = start + len(chunk)
     res.update(users_done=done, generated_tokens=llm.generated_tokens, seconds=time.perf_counter() - t0,
                tokens_per_s=llm.generated_tokens / max(time.perf_counter() - t0, 1e-9))
     return res
+
+
+def _rounds(args: argparse.Namespace, rows: list[int], jobs: list[tuple[str, str, list[str] | None]]) -> Any:
+    """(first row, the round's --chunk rows, the jobs that take them) until --max-seconds: every job's chunk in
+    turn, so a deadline leaves the jobs equally far; a template job stops after --template-users."""
+    t0 = time.perf_counter()
+    for start in range(0, len(rows), args.chunk):
+        if args.max_seconds and time.perf_counter() - t0 > args.max_seconds:
+            log.warning("validate: max_seconds reached after %d users", start)
+            return
+        yield start, rows[start:start + args.chunk], [j for j in jobs if not (j[2] and start >= args.template_users)]
 
 
 def _tag(args: argparse.Namespace) -> str:
