@@ -288,8 +288,9 @@ def _continue_earlier(args: argparse.Namespace, ds: Any, g: Any, acc: dict[str, 
         a.update(scores=list(old["user_scores"]), cand=hit(cfg.recall_k), ok=[True] * ok + [False] * (n - ok),
                  seconds=float(old["seconds"]), tokens=int(old["generated_tokens"]), examples=old["examples"])
         a["scores@10"], a["cand@10"] = list(old["user_scores@10"]), hit(cfg.rerank_k)
-        origin[key] = {"users": n, **(results.get("carried_over", {}).get(f"validate:{key}")
-                                      or {"date": results.get("date"), "git_commit": results.get("git_commit")})}
+        origin[key] = {"users": n, "seconds": a["seconds"], "generated_tokens": a["tokens"],
+                       **(results.get("carried_over", {}).get(f"validate:{key}")
+                          or {"date": results.get("date"), "git_commit": results.get("git_commit")})}
     return origin
 
 
@@ -395,11 +396,27 @@ def stage_report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "validate_paired_vs_candidates@10": {k: v.get("paired_vs_candidates@10") for k, v in val.items()},
         "validate_users": {k: v["users"] for k, v in val.items()},
         "template_comparison": template_comparison(val),
+        "validate_runs": validate_runs(out),
         "wall_s": {"discover": (disc or {}).get("wall_s"), **((teach or {}).get("times", {})),
                    "lora_train": (lora or {}).get("train_seconds"),
                    **{f"validate_{k}": v["seconds"] for k, v in val.items()}},
         "speed": speed, "gvm": disc, "teacher_stage": teach, "lora_student": lora, "validate": val,
     }
+
+
+def validate_runs(out: Path) -> dict[str, Any]:
+    """Each Validate stage file's run: its command, machine and wall time, and the tokens it generated itself (an
+    entry that `continues` an earlier sample less that part's), so runs side by side add up to a machine's rate."""
+    from scoter.io import read_json
+
+    runs = {}
+    for p in sorted((out / "stages").glob("validate*.json")):
+        st = read_json(p)
+        new = sum(v["generated_tokens"] - (v.get("continues") or {}).get("generated_tokens", 0)
+                  for v in st.values() if isinstance(v, dict) and "generated_tokens" in v)
+        runs[p.stem] = {k: st.get(k) for k in ("command", "date", "git_commit", "machine", "stage_wall_s")}
+        runs[p.stem].update(generated_tokens=new, tokens_per_s=new / st["stage_wall_s"])
+    return runs
 
 
 def template_comparison(val: dict[str, Any], mined: str = "grounded+discovered") -> dict[str, Any]:
