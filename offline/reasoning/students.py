@@ -204,7 +204,7 @@ class LoraStudent:
             raise ValueError(f"LoraStudentConfig.{exc}") from None
         self.model.to(device)
         # bfloat16 autocast on a GPU: the LoRA and base weights stay float32, the matmuls run at tensor-core rate
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
         opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr)
         rng = random.Random(cfg.seed)
         losses: list[float] = []
