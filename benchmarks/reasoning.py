@@ -368,9 +368,9 @@ def stage_report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     fresh: dict[str, Any] = {}
     for p in sorted((out / "stages").glob("validate*.json")) + sorted(out.glob("validate*/progress.json")):
         entries = read_json(p)
-        for k, v in entries.items():
-            if isinstance(v, dict) and k not in fresh:  # a finished stage file wins over its progress file
-                fresh[k] = v
+        for k, v in entries.items():  # the most users wins (a run that extends another's sample); on a tie
+            if isinstance(v, dict) and (k not in fresh or v["users"] > fresh[k]["users"]):  # the stage file,
+                fresh[k] = v  # which comes before its progress file
     for k in val:
         if k not in fresh:
             carried[f"validate:{k}"] = prev.get("carried_over", {}).get(f"validate:{k}", origin)
