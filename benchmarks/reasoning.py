@@ -269,15 +269,12 @@ def _continue_earlier(args: argparse.Namespace, ds: Any, g: Any, acc: dict[str, 
     scores; the candidates' own hits recomputed, they need no LLM), so this run's rows extend that sample and
     every figure covers both; returns where each earlier part comes from."""
     from offline.reasoning import corpus
-    from offline.reasoning.config import GVMConfig
     from scoter.io import read_json
 
     results = read_json(Path(args.results))
     prev, n = results.get("validate") or {}, args.validate_after
-    rows = corpus.sample_users(ds, n, 11)
-    cfg = GVMConfig()
-    cands = [g.candidates(ds.sequences[u][:-2], cfg.candidates)[0] for u in rows]
-    hit = lambda k: [float(int(ds.sequences[u][-2]) in c[:k]) for u, c in zip(rows, cands, strict=True)]  # noqa: E731
+    cfg = _gvm_cfg(args)
+    hits = candidate_hits(ds, g, corpus.sample_users(ds, n, 11), (cfg.recall_k, cfg.rerank_k), cfg.candidates)
     origin = {}
     for key, a in acc.items():
         old = prev.get(key) or {}
@@ -285,9 +282,9 @@ def _continue_earlier(args: argparse.Namespace, ds: Any, g: Any, acc: dict[str, 
             raise ValueError(f"--validate-after {n}: {args.results} has no '{key}' entry with per-user scores of "
                              f"{n} users")
         ok = round(old["well_formed_rate"] * n)
-        a.update(scores=list(old["user_scores"]), cand=hit(cfg.recall_k), ok=[True] * ok + [False] * (n - ok),
+        a.update(scores=list(old["user_scores"]), cand=hits[0], ok=[True] * ok + [False] * (n - ok),
                  seconds=float(old["seconds"]), tokens=int(old["generated_tokens"]), examples=old["examples"])
-        a["scores@10"], a["cand@10"] = list(old["user_scores@10"]), hit(cfg.rerank_k)
+        a["scores@10"], a["cand@10"] = list(old["user_scores@10"]), hits[1]
         origin[key] = {"users": n, "seconds": a["seconds"], "generated_tokens": a["tokens"],
                        **(results.get("carried_over", {}).get(f"validate:{key}")
                           or {"date": results.get("date"), "git_commit": results.get("git_commit")})}
@@ -312,8 +309,9 @@ def _validate_generate(args: argparse.Namespace, ds: Any, g: Any, llm: Any, rows
             j["seconds"] += time.perf_counter() - t1
             j["generated_tokens"] += llm.generated_tokens - tok0
         done = start + len(chunk)
-    res.update(users_done=done, generated_tokens=llm.generated_tokens, seconds=time.perf_counter() - t0,
-               tokens_per_s=llm.generated_tokens / max(time.perf_counter() - t0, 1e-9))
+    wall = time.perf_counter() - t0
+    res.update(users_done=done, generated_tokens=llm.generated_tokens, seconds=wall,
+               tokens_per_s=llm.generated_tokens / max(wall, 1e-9))
     return res
 
 
@@ -368,9 +366,11 @@ def stage_report(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     fresh: dict[str, Any] = {}
     for p in sorted((out / "stages").glob("validate*.json")) + sorted(out.glob("validate*/progress.json")):
         entries = read_json(p)
-        for k, v in entries.items():  # the most users wins (a run that extends another's sample); on a tie
-            if isinstance(v, dict) and (k not in fresh or v["users"] > fresh[k]["users"]):  # the stage file,
-                fresh[k] = v  # which comes before its progress file
+        # per variant the entry over the most users (a run that extends another's sample); on a tie the first,
+        # so a finished stage file wins over its progress file
+        for k, v in entries.items():
+            if isinstance(v, dict) and (k not in fresh or v["users"] > fresh[k]["users"]):
+                fresh[k] = v
     for k in val:
         if k not in fresh:
             carried[f"validate:{k}"] = prev.get("carried_over", {}).get(f"validate:{k}", origin)
@@ -436,6 +436,13 @@ def template_comparison(val: dict[str, Any], mined: str = "grounded+discovered")
     return res
 
 
+def candidate_hits(ds: Any, g: Any, rows: list[int], ks: tuple[int, ...], n: int = 20) -> list[list[float]]:
+    """Per k, whether each row's validation target seq[-2] is among the first k of its n grounding candidates
+    (co-occurrence over seq[:-2]; no LLM)."""
+    cands = [g.candidates(ds.sequences[u][:-2], n)[0] for u in rows]
+    return [[float(int(ds.sequences[u][-2]) in c[:k]) for u, c in zip(rows, cands, strict=True)] for k in ks]
+
+
 def _candidate_reference(args: argparse.Namespace) -> dict[str, Any]:
     """Recall@20 of the grounding candidate list alone (no LLM) on the Validate users: the ceiling of what a
     grounded answer can reach by picking candidates, and the floor a useful LLM should beat by reranking."""
@@ -444,10 +451,8 @@ def _candidate_reference(args: argparse.Namespace) -> dict[str, Any]:
     from offline.reasoning.gvm import mean_se
 
     ds = corpus.load(args.dataset)
-    g = Grounding(ds)
     rows = corpus.sample_users(ds, args.validate_users, 11)
-    hits = [float(int(ds.sequences[u][-2]) in g.candidates(ds.sequences[u][:-2], 20)[0]) for u in rows]
-    m, se = mean_se(hits)
+    m, se = mean_se(candidate_hits(ds, Grounding(ds), rows, (20,))[0])
     return {"grounding_candidates_recall@20": m, "grounding_candidates_recall@20_se": se,
             "grounding_candidates_users": len(rows)}
 

@@ -607,8 +607,9 @@ class Decoder:
             if not live:
                 break
             assert logits is not None
-            toks, forced = self._choose(logits, live, reqs, gen, matchers, line_len, bitmask, temperature, top_p,
-                                        rng, repetition_penalty)
+            with torch.inference_mode():
+                toks, forced = self._choose(logits, live, reqs, gen, matchers, line_len, bitmask, temperature,
+                                            top_p, rng, repetition_penalty)
             finished = []
             for row, i in enumerate(live):
                 t = int(toks[row])
@@ -649,19 +650,12 @@ class Decoder:
                 matchers: list[Any], line_len: list[int], bitmask: Any, temperature: float, top_p: float,
                 rng: np.random.Generator, repetition_penalty: float) -> tuple[np.ndarray, int]:
         """Next token per live row: repetition penalty, grammar mask, per-line cap, then sampling. The logits stay
-        where the runtime made them; the masks are built on the host and applied there in one call each."""
-        import torch
-
-        with torch.inference_mode():  # the runtime's logits are inference tensors, changed in place
-            return self._masked_sample(logits[:, :self.rt.vocab_size], live, reqs, gen, matchers, line_len,
-                                       bitmask, temperature, top_p, rng, repetition_penalty)
-
-    def _masked_sample(self, lg: Any, live: list[int], reqs: Sequence[GenRequest], gen: list[list[int]],
-                       matchers: list[Any], line_len: list[int], bitmask: Any, temperature: float, top_p: float,
-                       rng: np.random.Generator, repetition_penalty: float) -> tuple[np.ndarray, int]:
+        where the runtime made them and are changed in place (the caller holds inference mode: they are inference
+        tensors); the masks are built on the host and applied there in one call each."""
         import torch
         import xgrammar as xgr
 
+        lg = logits[:, :self.rt.vocab_size]
         if repetition_penalty != 1.0:
             seen = [np.unique(np.asarray(gen[i], np.int64)) for i in live]
             rows = np.repeat(np.arange(len(live)), [len(x) for x in seen])
